@@ -1,0 +1,1 @@
+"""The plant link: MQTT beside the scan loop, never in its way."""

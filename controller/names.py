@@ -1,0 +1,26 @@
+"""The public names of the cell: sensors, inputs, outputs, states.
+
+They are a contract with dashboards, scripts and acceptance tests: extend, never rename.
+Tuples, not dicts, because order matters on MicroPython too.
+"""
+
+SENSORS = (
+    "o2_a", "o2_b", "o2_c", "lel_cell", "h2_cell", "co_cell", "hf_room",
+    "lel_rto", "temp_gas", "temp_material", "dp_cell", "n2_supply",
+)
+O2_SENSORS = ("o2_a", "o2_b", "o2_c")
+INPUTS = ("estop_ok", "door_closed", "rto_ready", "crusher_running", "local_reset", "remote_enable")
+OUTPUTS = ("crusher", "feed", "n2_purge", "n2_boost", "exhaust", "vent", "alarm")
+STATES = ("BOOT", "IDLE", "PURGING", "READY", "RUNNING", "STOPPING", "TRIPPED")
+COMMANDS = ("purge", "start", "stop", "shutdown", "reset", "ack")
+SOURCES = ("local", "remote")
+
+# What a failed read of a digital input counts as: the unsafe value for what it guards.
+INPUT_FAILSAFE = {
+    "estop_ok": False,
+    "door_closed": False,
+    "rto_ready": False,
+    "crusher_running": True,
+    "local_reset": False,
+    "remote_enable": False,
+}
