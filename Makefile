@@ -1,0 +1,38 @@
+# crushcell: the two commands a new user needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+SPEED  ?= 10
+
+.PHONY: run test test-fast micropython-test lint bench mutation clean mosquitto
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## run: the controller on the simulated cell, normal-shift scenario, $(SPEED)x real time
+run: $(STAMP)
+	$(VENV)/bin/crushcell run --config config/cell.toml --hal sim \
+		--scenario config/scenarios/normal_shift.toml --speed $(SPEED)
+
+## test: install what the tests need (Python deps, Mosquitto) and run them all
+test: $(STAMP) mosquitto
+	$(PY) -m pytest -q
+
+mosquitto:
+	@tools/ensure-mosquitto.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP) mosquitto
+	$(PY) -m bench
+
+mutation: $(STAMP)
+	$(VENV)/bin/mutmut run
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache mutants

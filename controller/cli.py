@@ -1,0 +1,315 @@
+"""`crushcell`: run, simulate, check-config, probe.
+
+Why every command catches its own input errors: a plant engineer at a terminal must get one clear
+line naming the problem and exit code 2, never a traceback. Only a genuine crash prints one, and
+even then the outputs are forced safe first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from controller import __version__
+
+DEFAULT_CONFIG = os.environ.get("CRUSHCELL_CONFIG", "config/cell.toml")
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit 2."""
+
+
+def _load_config(path: str):
+    from controller import config as cfg
+
+    try:
+        return cfg.load(path)
+    except cfg.ConfigError as exc:
+        raise UsageError("\n".join(exc.errors) + f"\ncrushcell: refusing to start: {len(exc.errors)} "
+                         "configuration error(s)") from None
+
+
+# -- check-config ------------------------------------------------------------------------------
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from controller import config as cfg
+
+    try:
+        cfg.load(args.path)
+    except cfg.ConfigError as exc:
+        for line in exc.errors:
+            print(line)
+        return EXIT_USAGE
+    print("ok")
+    return EXIT_OK
+
+
+# -- simulate ----------------------------------------------------------------------------------
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from controller import scenario as sc
+
+    config = _load_config(args.config)
+    try:
+        scenario = sc.load(args.scenario)
+    except sc.ScenarioError as exc:
+        raise UsageError("\n".join(exc.errors)) from None
+    if args.events in (None, "-"):
+        sc.simulate(scenario, config, sys.stdout)
+        sys.stdout.flush()
+    else:
+        try:
+            with open(args.events, "w", encoding="utf-8") as stream:
+                end = sc.simulate(scenario, config, stream)
+        except OSError as exc:
+            raise UsageError(f"cannot write events to {args.events}: {exc.strerror or exc}") from None
+        print(f"{scenario.name}: ended in {end['state']} after {end['t']:.1f} s simulated; "
+              f"events in {args.events}", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- run ---------------------------------------------------------------------------------------
+KEY_SENSORS = (("o2", "O2", "%.2f%%"), ("h2_cell", "H2", "%.2f"), ("lel_cell", "LEL", "%.1f"),
+               ("co_cell", "CO", "%.0f"), ("temp_material", "Tmat", "%.0fC"), ("dp_cell", "dp", "%.0fPa"))
+
+
+def status_line(snap: Any) -> str:
+    from controller.names import SENSORS
+
+    parts = [f"{snap.state:<8}", f"t={snap.t:8.1f}s"]
+    for key, label, form in KEY_SENSORS:
+        if key == "o2":
+            v = snap.voted_o2
+            bad = sum(1 for i, n in enumerate(SENSORS) if n.startswith("o2_") and snap.quality[i] != "good")
+            text = "----" if v != v else form % v
+            parts.append(f"{label} {text}({3 - bad}/3)")
+        else:
+            i = SENSORS.index(key)
+            v = snap.values[i]
+            ok = snap.quality[i] == "good"
+            parts.append(f"{label} {form % v if ok and not math.isnan(v) else 'FAULT'}")
+    parts.append("causes: " + (",".join(snap.causes) or "-"))
+    alarms = [a[0] for a in snap.alarms]
+    parts.append("alarms: " + (",".join(alarms) or "-"))
+    return " | ".join(parts)
+
+
+LOGGED_EVENTS = ("state", "trip", "command", "alarm", "sensor", "scenario")
+
+
+class Pump(threading.Thread):
+    """Moves events out of the scan thread: to the event file, stderr (journal) and the link."""
+
+    def __init__(self, loop: Any, *, events_file: Any, show_status: bool, link: Any = None,
+                 period_s: float = 0.05):
+        super().__init__(name="crushcell-pump", daemon=True)
+        self.loop = loop
+        self.events_file = events_file
+        self.show_status = show_status
+        self.link = link
+        self.period_s = period_s
+        self.done = threading.Event()
+        self.last_status = 0.0
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.flush()
+            time.sleep(self.period_s)
+        self.flush()
+
+    def flush(self) -> None:
+        loop = self.loop
+        events = loop.drain_events()
+        if events:
+            if self.events_file is not None:
+                self.events_file.write(events)
+            for e in events:
+                if e["type"] in LOGGED_EVENTS:
+                    self._print(json.dumps(e, separators=(",", ":"), default=str), sys.stderr)
+            if self.link is not None:
+                for e in events:
+                    self.link.offer_event(e)
+        now = time.monotonic()
+        if self.show_status and now - self.last_status >= 0.25:
+            self.last_status = now
+            loop.request_snapshot()
+            snap = loop.latest
+            if snap is not None:
+                sys.stdout.write("\r\033[K" + status_line(snap)[:200])
+                sys.stdout.flush()
+
+    def _print(self, text: str, stream: Any) -> None:
+        if self.show_status:
+            sys.stdout.write("\r\033[K")
+            sys.stdout.flush()
+        print(text, file=stream, flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import hal
+    from controller import scenario as sc
+    from controller.loop import ScanLoop
+
+    config = _load_config(args.config)
+    if args.speed <= 0 or args.speed > 1000:
+        raise UsageError(f"--speed {args.speed} must be above 0 and at most 1000")
+    if args.speed != 1.0 and args.hal != "sim":
+        raise UsageError("--speed only applies to the simulated cell (--hal sim)")
+    scenario = None
+    if args.scenario:
+        if args.hal != "sim":
+            raise UsageError("--scenario only applies to the simulated cell (--hal sim)")
+        try:
+            scenario = sc.load(args.scenario)
+        except sc.ScenarioError as exc:
+            raise UsageError("\n".join(exc.errors)) from None
+    options: dict[str, Any] = {}
+    if args.hal == "sim":
+        options["seed"] = scenario.seed if scenario else args.seed
+    try:
+        io = hal.open_backend(args.hal, config, **options)
+    except ImportError as exc:
+        raise UsageError(f"the {args.hal} backend needs a package that is not installed: {exc}. "
+                         "Install with: pip install 'crushcell[hardware]'") from None
+    try:
+        notifier = None
+        try:
+            from controller.sdnotify import SystemdNotifier
+
+            notifier = SystemdNotifier()
+        except ImportError:
+            notifier = None
+        loop = ScanLoop(config, io, notifier=notifier)
+        events_file = None
+        stream = None
+        if args.events:
+            try:
+                stream = open(args.events, "a", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                raise UsageError(f"cannot write events to {args.events}: {exc.strerror or exc}") from None
+            events_file = sc.EventLog(stream)
+        link = _start_link(args, config, loop)
+        show_status = args.status if args.status is not None else sys.stdout.isatty()
+        pump = Pump(loop, events_file=events_file, show_status=show_status, link=link)
+        loop.events.extend(loop.initial_events())
+        pump.start()
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            loop.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        player = sc.Player(scenario, loop) if scenario else None
+        duration = args.duration
+        if duration is None and scenario is not None:
+            duration = scenario.duration_s
+        try:
+            loop.run_realtime(duration_s=duration, speed=args.speed, before_scan=player)
+        finally:
+            loop.events.append(sc.end_record(loop))
+            pump.done.set()
+            pump.join(timeout=5)
+            if link is not None:
+                link.close()
+            if stream is not None:
+                stream.close()
+            if show_status:
+                print()
+    finally:
+        io.close()   # forces the safe state again, then releases the devices
+    return EXIT_OK
+
+
+def _start_link(args: argparse.Namespace, config: Any, loop: Any) -> Any:
+    """The MQTT plant link, when configured; the controller runs the same without it."""
+    if args.no_mqtt or not config.mqtt.enabled:
+        return None
+    try:
+        from controller.link.mqtt import PlantLink
+    except ImportError:
+        return None
+    link = PlantLink(config, loop, broker=args.broker, state_dir=args.state_dir)
+    link.start()
+    return link
+
+
+# -- probe -------------------------------------------------------------------------------------
+def cmd_probe(argv: list[str]) -> int:
+    try:
+        from hal.hardware.probe import main as probe_main
+    except ImportError as exc:
+        raise UsageError(f"probe needs the hardware backend: {exc}") from None
+    return probe_main(argv)
+
+
+# -- parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="crushcell",
+        description="Safety controller for a sealed, nitrogen-inerted battery crushing cell.")
+    p.add_argument("--version", action="version", version=f"crushcell {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser("run", help="run the controller in real time")
+    run.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help="plant configuration")
+    run.add_argument("--hal", choices=("sim", "hardware"), default="sim", help="backend (default: sim)")
+    run.add_argument("--scenario", metavar="PATH", help="play a scenario on the simulated cell")
+    run.add_argument("--speed", type=float, default=1.0, metavar="X",
+                     help="simulated cell only: run X times faster than real time")
+    run.add_argument("--duration", type=float, metavar="S", help="stop after S (simulated) seconds")
+    run.add_argument("--seed", type=int, default=0, help="simulated cell's random seed")
+    run.add_argument("--events", metavar="PATH", help="append the event log (JSON lines) to PATH")
+    run.add_argument("--broker", metavar="HOST[:PORT]", help="MQTT broker (overrides config)")
+    run.add_argument("--no-mqtt", action="store_true", help="run without the plant link")
+    run.add_argument("--state-dir", default=os.environ.get("CRUSHCELL_STATE_DIR", "var"), metavar="DIR",
+                     help="where the outbox and persistent state live (default: ./var)")
+    run.add_argument("--status", dest="status", action="store_true", default=None,
+                     help="show the live status line (default: when stdout is a terminal)")
+    run.add_argument("--no-status", dest="status", action="store_false")
+    run.set_defaults(func=cmd_run)
+
+    sim = sub.add_parser("simulate", help="run a scenario in simulated time and write its event log")
+    sim.add_argument("scenario", metavar="SCENARIO", help="scenario file (TOML)")
+    sim.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help="plant configuration")
+    sim.add_argument("--events", metavar="PATH", help="write the event log here (default: stdout)")
+    sim.set_defaults(func=cmd_simulate)
+
+    chk = sub.add_parser("check-config", help="validate a plant configuration")
+    chk.add_argument("path", nargs="?", default=DEFAULT_CONFIG, metavar="PATH")
+    chk.set_defaults(func=cmd_check_config)
+
+    sub.add_parser("probe", help="commissioning: check every device and wire (hardware)",
+                   add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "probe":
+        try:
+            return cmd_probe(argv[1:])
+        except UsageError as exc:
+            print(f"crushcell: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"crushcell: {exc}" if "\n" not in str(exc) else str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAIL
+    except BrokenPipeError:
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Sensor health and rate of rise. MicroPython-compatible: no typing, dataclasses or enum.
+
+Why its own module: "unhealthy counts as the worst case" starts here. A reading is unhealthy
+when the backend reports a fault, the value is NaN or outside its range, it is older than its
+staleness limit, or it has not moved beyond one count for its stuck time (for redundant sensors:
+while a peer moved). The verdict is a short string so it can travel to the event log unchanged.
+"""
+
+GOOD = "good"
+Q_NAN = "fault:nan"
+Q_RANGE = "fault:out_of_range"
+Q_STALE = "fault:stale"
+Q_STUCK = "fault:stuck"
+
+
+class SensorHealth:
+    """Health of every sensor, kept in flat lists indexed like the sensor tuple."""
+
+    def __init__(self, sensors, peer_groups=()):
+        # sensors: tuple of (name, low, high, stale_ms, stuck_ms, resolution)
+        n = len(sensors)
+        self.n = n
+        self.names = tuple(s[0] for s in sensors)
+        self.low = [float(s[1]) for s in sensors]
+        self.high = [float(s[2]) for s in sensors]
+        self.stale_ms = [int(s[3]) for s in sensors]
+        self.stuck_ms = [int(s[4]) for s in sensors]
+        self.res = [float(s[5]) for s in sensors]
+        self.value = [0.0] * n
+        self.quality = [GOOD] * n
+        self.healthy = [True] * n          # judged on the first update; events only on change
+        self.ref_v = [None] * n          # value at the last movement beyond one count
+        self.ref_t = [0] * n             # time of that movement
+        # peers[i]: indices of the sensors voted with i (stuck needs a moving peer), or ()
+        peers = [()] * n
+        for group in peer_groups:
+            for i in group:
+                peers[i] = tuple(j for j in group if j != i)
+        self.peers = peers
+        self.fault_cache = {}            # backend fault code -> "fault:<code>", built once
+
+    def update(self, now, readings, changed):
+        """Judge every reading; append the index of each sensor whose quality changed."""
+        low = self.low
+        high = self.high
+        value = self.value
+        quality = self.quality
+        healthy = self.healthy
+        ref_v = self.ref_v
+        ref_t = self.ref_t
+        for i in range(self.n):
+            r = readings[i]
+            v = r[0]
+            fault = r[1]
+            value[i] = v
+            if fault is not None:
+                # The device said so: disconnect, crc, loop_low/high (NE43), open_circuit...
+                q = self.fault_cache.get(fault)
+                if q is None:
+                    q = "fault:" + fault
+                    self.fault_cache[fault] = q
+            elif v != v:
+                q = Q_NAN  # NaN compares unequal to itself
+            elif v < low[i] or v > high[i]:
+                q = Q_RANGE
+            elif now - r[2] > self.stale_ms[i]:
+                q = Q_STALE  # the device stopped answering fresh data
+            else:
+                rv = ref_v[i]
+                if rv is None or v - rv > self.res[i] or rv - v > self.res[i]:
+                    ref_v[i] = v
+                    ref_t[i] = now
+                    q = GOOD
+                elif now - ref_t[i] > self.stuck_ms[i] and self._peer_moved(i):
+                    q = Q_STUCK  # frozen output: a dead transmitter often holds its last value
+                else:
+                    q = GOOD
+            if q is not quality[i]:
+                quality[i] = q
+                healthy[i] = q is GOOD
+                if q is not GOOD:
+                    ref_v[i] = None  # judge movement afresh once it recovers
+                changed.append(i)
+
+    def _peer_moved(self, i):
+        peers = self.peers[i]
+        if not peers:
+            return True  # a single sensor must move by itself
+        t = self.ref_t[i]
+        for j in peers:
+            if self.healthy[j] and self.ref_t[j] > t:
+                return True
+        return False
+
+
+class RiseDetector:
+    """Rate of rise over a window, from a ring of samples taken every window/slots.
+
+    Why a ring of a few slots: a fixed window without allocating per scan, and noise averaged
+    over the window instead of differentiated scan to scan.
+    """
+
+    def __init__(self, window_ms, per_s, slots=10):
+        self.slots = slots
+        self.period = max(1, window_ms // slots)
+        self.window_s = (self.period * slots) / 1000.0
+        self.scale = per_s / self.window_s   # converts a rise over the window to units per `per_s`
+        self.ring = [0.0] * slots
+        self.idx = 0
+        self.next_t = 0
+        self.valid = False
+        self.rate = 0.0
+
+    def update(self, now, v, healthy):
+        if not healthy:
+            # No rate from bad data; the sensor's own fault trips where it guards.
+            self.valid = False
+            self.rate = 0.0
+            return 0.0
+        if not self.valid:
+            ring = self.ring
+            for k in range(self.slots):
+                ring[k] = v
+            self.valid = True
+            self.next_t = now + self.period
+            self.rate = 0.0
+            return 0.0
+        if now >= self.next_t:
+            self.ring[self.idx] = v
+            self.idx = (self.idx + 1) % self.slots
+            self.next_t += self.period
+            if now >= self.next_t:  # after a long gap, do not try to catch up slot by slot
+                self.next_t = now + self.period
+        # ring[idx] is the oldest sample: about one window ago.
+        self.rate = (v - self.ring[self.idx]) * self.scale
+        return self.rate

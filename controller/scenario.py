@@ -1,0 +1,198 @@
+"""Scenario files: timed commands, process events, faults and forced values for the sim.
+
+Why: the same controller runs the same story every time (seeded), so a trip, a recovery or a
+regression can be replayed, diffed and asserted on. A scenario that names anything unknown is
+rejected before it runs, with the file, the step and the name.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from controller.configtools import Section, fmt
+from controller.names import COMMANDS, OUTPUTS, SENSORS, SOURCES
+
+MAX_DURATION_S = 30 * 24 * 3600.0   # a month of simulated time per scenario at most
+
+
+class ScenarioError(ValueError):
+    """The scenario file is wrong; `errors` lists every problem."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Step:
+    t: float
+    kind: str           # command | event | fault | force
+    name: str           # action, event name, sensor/output name
+    arg: Any = None     # source, fault mode, forced value (None = release)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    path: str
+    name: str
+    duration_s: float
+    seed: int
+    steps: tuple[Step, ...]
+
+
+def _sim_vocabulary() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    from hal.sim import EVENTS, OUTPUT_FAULT_MODES, SENSOR_FAULT_MODES
+
+    return tuple(EVENTS), tuple(SENSOR_FAULT_MODES), tuple(OUTPUT_FAULT_MODES)
+
+
+def load(path: str | Path) -> Scenario:
+    path = Path(path)
+    name = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ScenarioError([f"{name}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ScenarioError([f"{name}: not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError([f"{name}: not valid TOML: {exc}"]) from None
+    return parse(data, name)
+
+
+def parse(data: dict[str, Any], name: str = "<scenario>") -> Scenario:
+    errors: list[str] = []
+    events, sensor_modes, output_modes = _sim_vocabulary()
+    root = Section(name, "scenario", data, errors)
+    title = root.string("name", "unnamed")
+    root.string("description", "")
+    duration = root.number("duration_s", above=0.0, maxval=MAX_DURATION_S)
+    seed = root.integer("seed", 0, minval=0)
+    raw_steps = root._raw("at", [])
+    root.check_unknown()
+    if not isinstance(raw_steps, list):
+        root.error("at must be a list of [[at]] tables")
+        raw_steps = []
+    steps = []
+    for k, raw in enumerate(raw_steps, start=1):
+        t_label = f"t = {fmt(raw.get('t'))}" if isinstance(raw, dict) and "t" in raw else "no t"
+        s = Section(name, f"[at] #{k} ({t_label})", raw, errors)
+        s.name = f"[at] #{k} ({t_label})"
+        t = s.number("t", minval=0.0)
+        if isinstance(duration, float) and t == t and t > duration:
+            s.key_error("t", f"is after the end of the scenario (duration_s = {fmt(duration)})")
+        actions = [a for a in ("command", "event", "fault", "force") if a in s.data]
+        if len(actions) != 1:
+            s.error("needs exactly one of command, event, fault, force"
+                    + (f" (has {', '.join(actions)})" if actions else ""))
+            s.used.update(s.data)
+            continue
+        kind = actions[0]
+        if kind == "command":
+            action = s.string("command", choices=COMMANDS)
+            source = s.string("source", "local", choices=SOURCES)
+            steps.append(Step(t, kind, action, source))
+        elif kind == "event":
+            steps.append(Step(t, kind, s.string("event", choices=events)))
+        elif kind == "fault":
+            target = s.string("fault", choices=SENSORS + OUTPUTS)
+            modes = output_modes if target in OUTPUTS else sensor_modes
+            steps.append(Step(t, kind, target, s.string("mode", choices=modes)))
+        else:
+            target = s.string("force", choices=SENSORS)
+            if s.data.get("value") == "release":
+                s.used.add("value")
+                value = None
+            else:
+                value = s.number("value")
+            steps.append(Step(t, kind, target, value))
+        s.check_unknown()
+    if errors:
+        raise ScenarioError(errors)
+    steps.sort(key=lambda st: st.t)   # stable: steps at the same time keep file order
+    return Scenario(name, title, duration, seed, tuple(steps))
+
+
+class Player:
+    """Applies a scenario's steps to a running loop when their time comes."""
+
+    def __init__(self, scenario: Scenario, loop: Any):
+        self.steps = scenario.steps
+        self.loop = loop
+        self.next = 0
+
+    def __call__(self, now_ms: int) -> None:
+        steps = self.steps
+        while self.next < len(steps) and steps[self.next].t * 1000.0 <= now_ms:
+            self.apply(steps[self.next], now_ms)
+            self.next += 1
+
+    def apply(self, step: Step, now_ms: int) -> None:
+        io = self.loop.io
+        record: dict[str, Any] = {"t": now_ms / 1000.0, "type": "scenario", "action": step.kind,
+                                  "name": step.name}
+        if step.kind == "command":
+            self.loop.submit(step.name, step.arg)
+            record["source"] = step.arg
+        elif step.kind == "event":
+            io.event(step.name)
+        elif step.kind == "fault":
+            io.inject_fault(step.name, step.arg)
+            record["mode"] = step.arg
+        else:
+            io.force(step.name, step.arg)
+            record["value"] = "release" if step.arg is None else step.arg
+        self.loop.events.append(record)
+
+
+class EventLog:
+    """Writes events as JSON lines (compact, one per line, in order)."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+        self.count = 0
+
+    def write(self, events: list[dict]) -> None:
+        w = self.stream.write
+        dumps = json.dumps
+        for e in events:
+            w(dumps(e, separators=(",", ":"), allow_nan=False, default=str) + "\n")
+        self.count += len(events)
+
+
+def clean(value: Any) -> Any:
+    """JSON has no NaN: a missing number travels as null."""
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def end_record(loop: Any) -> dict:
+    core = loop.core
+    return {"t": core.now / 1000.0, "type": "end", "state": core.state_name, "causes": core.causes(),
+            "outputs": core.outputs_dict()}
+
+
+def simulate(scenario: Scenario, config: Any, stream: IO[str]) -> dict:
+    """Run `scenario` in simulated time; write the event log to `stream`; return the end record."""
+    from controller.loop import ScanLoop
+    from hal.sim import SimulatedCell
+
+    cell = SimulatedCell(config, seed=scenario.seed)
+    loop = ScanLoop(config, cell)
+    log = EventLog(stream)
+    log.write(loop.initial_events())
+    player = Player(scenario, loop)
+
+    def after_scan() -> None:
+        if loop.events:
+            log.write(loop.drain_events())
+
+    loop.run_simulated(int(scenario.duration_s * 1000), before_scan=player, after_scan=after_scan)
+    end = end_record(loop)
+    log.write([end])
+    return end
