@@ -558,7 +558,10 @@ class Core:
         voted = self.voted_o2
         if state == BOOT:
             if now - self.state_since >= self.self_test_ms:
-                self._fire("self_test_passed", "self_test_passed")
+                if self.latched:
+                    self._trip(list(self.latched))   # a persisted latch survives the restart
+                else:
+                    self._fire("self_test_passed", "self_test_passed")
         elif state == PURGING:
             # Inert only when the voted O2 (at least two healthy sensors) holds below the permissive.
             if self.o2_bad <= 1 and voted < self.o2_permissive:

@@ -78,7 +78,7 @@ class SensorHealth:
             if q is not quality[i]:
                 quality[i] = q
                 healthy[i] = q is GOOD
-                if q is not GOOD:
+                if q is not GOOD and q is not Q_STUCK:
                     ref_v[i] = None  # judge movement afresh once it recovers
                 changed.append(i)
 

@@ -4,8 +4,33 @@ Why not the sim: one test per rule must control every value exactly. This kit is
 and also runs under MicroPython (no typing, no pytest imports).
 """
 
+import json
+
 from controller.core import Core
 from controller.names import INPUTS, SENSORS
+
+PARAMS_JSON = None   # set by the MicroPython runner (no TOML there)
+_BASE = []
+
+
+def params(**changes):
+    """The default plant's core parameters (a fresh copy), with top-level keys changed."""
+    if not _BASE:
+        if PARAMS_JSON is not None:
+            with open(PARAMS_JSON) as f:
+                _BASE.append(json.load(f))
+        else:
+            from controller import config
+            _BASE.append(config.load(config_path()).core_params())
+    p = json.loads(json.dumps(_BASE[0]))
+    for k in changes:
+        p[k] = changes[k]
+    return p
+
+
+def config_path():
+    import os
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "cell.toml")
 
 # Healthy values of an inert, quiet cell (all below every warning of the default config).
 QUIET = {
