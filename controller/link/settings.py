@@ -29,6 +29,13 @@ class MqttSettings:
     key_file: str = ""
     homeassistant_discovery: bool = False
     homeassistant_prefix: str = "homeassistant"
+    # Added with the plant link (issue 3): reconnect backoff, outbox durability, backlog drain.
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 30.0
+    outbox_sync: str = "full"
+    publish_window: int = 20
+    history_batch: int = 100
+    history_rate_per_s: float = 100.0
 
     def __repr__(self) -> str:  # keep secrets' sources out of logs as well
         return f"MqttSettings(host={self.host!r}, port={self.port}, tls={self.tls})"
@@ -56,6 +63,12 @@ def read_mqtt(section: Section) -> MqttSettings:
         key_file=section.string("key_file", ""),
         homeassistant_discovery=section.boolean("homeassistant_discovery", False),
         homeassistant_prefix=section.string("homeassistant_prefix", "homeassistant", nonempty=True),
+        reconnect_min_s=section.number("reconnect_min_s", 1.0, minval=0.1, maxval=60.0),
+        reconnect_max_s=section.number("reconnect_max_s", 30.0, minval=1.0, maxval=3600.0),
+        outbox_sync=section.string("outbox_sync", "full", choices=("full", "normal")),
+        publish_window=section.integer("publish_window", 20, minval=1, maxval=1000),
+        history_batch=section.integer("history_batch", 100, minval=1, maxval=1000),
+        history_rate_per_s=section.number("history_rate_per_s", 100.0, above=0.0, maxval=100000.0),
     )
     if any(c in settings.topic_prefix for c in "#+") or settings.topic_prefix.endswith("/"):
         section.key_error("topic_prefix", "must not contain '#' or '+' or end with '/'")
@@ -63,6 +76,9 @@ def read_mqtt(section: Section) -> MqttSettings:
         section.error("require_tls = true needs tls = true")
     if bool(settings.cert_file) != bool(settings.key_file):
         section.error("cert_file and key_file go together: give both or neither")
+    if settings.reconnect_min_s > settings.reconnect_max_s:
+        section.key_error("reconnect_min_s",
+                          f"must not be above reconnect_max_s ({settings.reconnect_max_s:g})")
     if settings.password_file and settings.password_env:
         section.error("give password_file or password_env, not both")
     section.check_unknown()

@@ -1,0 +1,118 @@
+"""The one module that imports paho-mqtt: builds a configured client for the link and `watch`.
+
+paho-mqtt 2.x with CallbackAPIVersion.VERSION2 and MQTT 3.1.1 (the broadest broker and dashboard
+support; paho does not honour an MQTT 5 broker's Receive Maximum). Connection is always
+`connect_async` + `loop_start`: a broker missing at boot never blocks, and paho retries with
+backoff forever.
+
+Secrets: the password comes from a file or an environment variable named in the config, is
+handed to paho and kept nowhere else; it never appears in logs, reprs or payloads.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+class LinkConfigError(ValueError):
+    """The plant link cannot be set up as configured (names the key or option, never a secret)."""
+
+
+def parse_broker(text: str, default_port: int) -> tuple[str, int]:
+    """'HOST', 'HOST:PORT', '[v6addr]:PORT' -> (host, port)."""
+    text = text.strip()
+    if not text:
+        raise LinkConfigError("--broker: empty; give HOST or HOST:PORT")
+    if "://" in text:
+        raise LinkConfigError(f"--broker {text}: give HOST or HOST:PORT, not a URL "
+                              "(TLS is set by [mqtt] tls in the config)")
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise LinkConfigError(f"--broker {text}: unclosed '[' in an IPv6 address")
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise LinkConfigError(f"--broker {text}: expected ':PORT' after ']'")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not host:
+        raise LinkConfigError(f"--broker {text}: no host")
+    if port_text == "":
+        return host, default_port
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise LinkConfigError(f"--broker {text}: port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def read_password(settings: Any, environ: Any = os.environ) -> str | None:
+    """The broker password from password_file or password_env; None when neither is set."""
+    if settings.password_file:
+        try:
+            with open(settings.password_file, encoding="utf-8") as f:
+                return f.read().rstrip("\r\n")
+        except OSError as exc:
+            raise LinkConfigError(f"[mqtt] password_file = {settings.password_file!r}: cannot read: "
+                                  f"{exc.strerror or exc}") from None
+    if settings.password_env:
+        value = environ.get(settings.password_env)
+        if value is None:
+            raise LinkConfigError(f"[mqtt] password_env = {settings.password_env!r}: that environment "
+                                  "variable is not set")
+        return value
+    return None
+
+
+def make_client(settings: Any, client_id: str, *, password: str | None,
+                will: tuple[str, str] | None = None) -> mqtt.Client:
+    """A paho client with credentials, TLS, last will and backoff applied; not yet connected."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                         clean_session=True)
+    if settings.require_tls and not settings.tls:
+        # Hazard: credentials and commands in clear text on the plant network.
+        raise LinkConfigError("[mqtt] require_tls = true but tls = false: refusing to connect in clear text")
+    if settings.tls:
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(settings, key)
+            if path and not os.path.isfile(path):
+                raise LinkConfigError(f"[mqtt] {key} = {path!r}: no such file")
+        try:
+            client.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
+                           keyfile=settings.key_file or None, cert_reqs=ssl.CERT_REQUIRED,
+                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise LinkConfigError(f"[mqtt] TLS files rejected: {exc}") from None
+    if settings.username:
+        client.username_pw_set(settings.username, password)
+    if will is not None:
+        client.will_set(will[0], will[1], qos=1, retain=True)
+    client.reconnect_delay_set(min_delay=max(1, int(round(settings.reconnect_min_s))),
+                               max_delay=max(1, int(round(settings.reconnect_max_s))))
+    return client
+
+
+def start(client: mqtt.Client, host: str, port: int, keepalive: int) -> None:
+    """Connect in the background; never raises for a missing broker (paho keeps retrying)."""
+    client.connect_async(host, port, keepalive=keepalive)
+    client.loop_start()
+
+
+def connack_text(reason_code: Any) -> str:
+    """A reason code as words, for the log (never includes credentials)."""
+    return str(reason_code)
+
+
+def is_failure(reason_code: Any) -> bool:
+    return bool(getattr(reason_code, "is_failure", False))
+
+
+MQTTMessage = mqtt.MQTTMessage
+MQTT_ERR_SUCCESS = mqtt.MQTT_ERR_SUCCESS
+MQTT_ERR_NO_CONN = mqtt.MQTT_ERR_NO_CONN
