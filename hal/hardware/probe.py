@@ -244,7 +244,8 @@ def probe_outputs(cell: Any, config: Any, out: TextIO, clock: Callable[[], float
         sleep(min(pulse_s, 0.5))
         fb_off = _feedback(cell, name, clock)
         line = (f"{name:9} GPIO{c.pin} {'active-low' if c.active_low else 'active-high'} "
-                f"safe={'on' if c.safe else 'off'}: energised (logical {'off' if c.safe else 'on'}) {pulse_s:g} s")
+                f"safe={'on' if c.safe else 'off'}: "
+                f"energised (logical {'off' if c.safe else 'on'}) {pulse_s:g} s")
         good = written and back
         if not good:
             line += ", WRITE FAILED"
