@@ -154,6 +154,7 @@ ALARM_MASKS = tuple(a[2] for a in ALARMS)
 NO_ALARMS = [False] * len(ALARMS)
 A_O2, A_O2_DEVIATION, A_O2_DEGRADED = _A["o2"], _A["o2_deviation"], _A["o2_vote_degraded"]
 A_DP, A_TEMP_RISE, A_N2, A_RTO = _A["dp_cell"], _A["temp_rise"], _A["n2_supply"], _A["rto_not_ready"]
+A_LEL_RTO = _A["lel_rto"]
 N_INPUTS = len(INPUTS)
 FAILSAFE_INPUTS = tuple(INPUT_FAILSAFE[n] for n in INPUTS)
 # Warnings that, held for warning_hold_s in RUNNING, bring a controlled stop.
@@ -230,10 +231,10 @@ class Core:
         self.o2_deviation = o2["deviation"]
         self.o2_idx = tuple(_S[n] for n in O2_SENSORS)
 
-        self.level_trips = tuple((_C[c], _S[s], th[s]["trip"], _A[s]) for c, s in LEVEL_TRIPS)
-        # level warnings (alarm index, sensor index, warning) for the single-sensor levels
-        self.level_warnings = tuple((_A[s], _S[s], th[s]["warning"]) for c, s in LEVEL_TRIPS
-                                    if s != "dp_cell")
+        # (cause, sensor index, trip, alarm index or None, warning): dp_cell's alarm is its band
+        self.levels = tuple(
+            (_C[c], _S[s], th[s]["trip"], None if s == "dp_cell" else _A[s],
+             th[s]["trip"] if s == "dp_cell" else th[s]["warning"]) for c, s in LEVEL_TRIPS)
         self.dp = (_S["dp_cell"], th["dp_cell"]["warning_low"], th["dp_cell"]["warning_high"])
         self.n2 = (_S["n2_supply"], th["n2_supply"]["low"], th["n2_supply"]["low_low"])
         rises = []
@@ -265,6 +266,9 @@ class Core:
         self.inputs = [INPUT_FAILSAFE[n] for n in INPUTS]
         self.prev_local_reset = False
         self.outputs = list(self.safe)
+        self.output_table = self._build_output_table()
+        self.outputs_t = self.output_table[BOOT][0][0]
+        self.unacked = 0
         self.voted_o2 = float("nan")
         self.o2_bad = 3
         self.purge_ok_since = None
@@ -308,7 +312,8 @@ class Core:
         overruns: consecutive late scans so far; write_ok: whether the last write succeeded.
         """
         self.now = now
-        self.command_results = []
+        if self.command_results:
+            self.command_results = []
         ev = self.events
         state = self.state
         sbit = 1 << state
@@ -325,9 +330,12 @@ class Core:
 
         # 2. Digital inputs: an unreadable input counts as its unsafe value. ------------------
         di = self.inputs
-        for k in range(N_INPUTS):
-            x = inputs[k]
-            di[k] = FAILSAFE_INPUTS[k] if x is None else bool(x)
+        if None in inputs:
+            for k in range(N_INPUTS):
+                x = inputs[k]
+                di[k] = FAILSAFE_INPUTS[k] if x is None else bool(x)
+        else:
+            di[:] = inputs
 
         hits = self.hits
         del hits[:]
@@ -371,19 +379,21 @@ class Core:
             alarm[A_O2] = True
 
         # 4. Single-sensor levels: gas, temperature, overpressure. Unhealthy = sensor_fault. ----
-        for ci, si, lim, _ai in self.level_trips:
-            if ok[si] and val[si] >= lim:
-                hits.append(ci)  # flammable, toxic, hot or overpressure: each its own cause
-        for ai, si, lim in self.level_warnings:
-            if ok[si] and val[si] >= lim:
-                alarm[ai] = True
-        for si, ci, ai in self.sensor_faults:
-            if not ok[si]:
-                # No trustworthy reading: assume the worst for what it guards. O2 sensors are
-                # judged by the vote and n2_supply by n2_supply_low, so only their alarm is set.
-                if ci is not None:
-                    hits.append(ci)
-                alarm[ai] = True
+        for ci, si, lim, ai, warn in self.levels:
+            v = val[si]
+            if v >= warn and ok[si]:
+                if ai is not None:
+                    alarm[ai] = True
+                if v >= lim:
+                    hits.append(ci)  # flammable, toxic, hot or overpressure: each its own cause
+        if h.n_bad:
+            for si, ci, ai in self.sensor_faults:
+                if not ok[si]:
+                    # No trustworthy reading: assume the worst for what it guards. O2 sensors are
+                    # judged by the vote and n2_supply by n2_supply_low, so only their alarm is set.
+                    if ci is not None:
+                        hits.append(ci)
+                    alarm[ai] = True
         dsi, dlow, dhigh = self.dp
         if ok[dsi] and (val[dsi] < dlow or val[dsi] > dhigh):
             alarm[A_DP] = True
@@ -478,15 +488,27 @@ class Core:
     # -- pieces of the scan ---------------------------------------------------------------------
     def _update_alarms(self, alarm, sbit):
         act = self.alarm_active
+        if alarm == act:
+            return   # the usual scan: nothing changed
         masks = ALARM_MASKS
+        changed = False
         for k in range(len(act)):
             on = alarm[k] and (masks[k] & sbit) != 0
             if on != act[k]:
+                changed = True
                 act[k] = on
                 if on:
                     self.alarm_acked[k] = False
                 self.events.append({"t": self.now / 1000.0, "type": "alarm", "name": ALARMS[k][0],
                                     "active": on, "severity": ALARMS[k][1]})
+        if changed:
+            self._alarm_summary()
+
+    def _alarm_summary(self):
+        """Recount what the horn and the warning hold depend on; only when alarms change."""
+        act = self.alarm_active
+        acked = self.alarm_acked
+        self.unacked = sum(1 for k in range(len(act)) if act[k] and not acked[k])
         warn = False
         for k in HELD_WARNINGS:
             if act[k]:
@@ -552,6 +574,7 @@ class Core:
             if self.alarm_active[k]:
                 self.alarm_acked[k] = True
         self.trip_acked = True
+        self._alarm_summary()
 
     def _automatic(self, now):
         state = self.state
@@ -588,46 +611,49 @@ class Core:
             for k in HELD_WARNINGS:
                 if act[k]:
                     return "warning:" + ALARMS[k][0]
-        if act[_A["lel_rto"]]:
+        if not any(act):
+            return None
+        if act[A_LEL_RTO]:
             return "lel_rto_warning"   # RTO inlet near its limit: stop making vapour
-        if act[_A["o2_vote_degraded"]]:
+        if act[A_O2_DEGRADED]:
             return "o2_vote_degraded"  # one more failure would blind the O2 trip
-        if act[_A["n2_supply"]]:
+        if act[A_N2]:
             return "n2_supply_low"     # inerting cannot be sustained
-        if act[_A["rto_not_ready"]]:
+        if act[A_RTO]:
             return "rto_not_ready"     # nowhere safe for the off-gas
         return None
 
+    def _build_output_table(self):
+        """Every output combination, computed once: [state][crusher feedback][horn] -> tuple."""
+        table = []
+        for state in range(len(STATES)):
+            row = STATE_OUTPUTS[state]
+            by_fb = []
+            for fb in (False, True):
+                by_horn = []
+                for horn in (False, True):
+                    out = list(self.safe if row is None else row)
+                    if state == RUNNING:
+                        out[1] = fb   # feed only once the crusher really turns
+                    out[6] = horn or out[6]
+                    # Interlock, belt and braces: nothing turns or feeds outside RUNNING/STOPPING.
+                    if not (CRUSHING & (1 << state)):
+                        out[0] = False
+                        out[1] = False
+                    by_horn.append(tuple(out))
+                by_fb.append(tuple(by_horn))
+            table.append(tuple(by_fb))
+        return tuple(table)
+
     def _outputs(self, crusher_fb):
         state = self.state
-        row = STATE_OUTPUTS[state]
-        out = self.outputs
-        before = tuple(out)
-        if row is None:
-            # BOOT and TRIPPED: the configured safe (no power) states.
-            for k in range(len(out)):
-                out[k] = self.safe[k]
-        else:
-            for k in range(len(out)):
-                out[k] = row[k]
-            if state == RUNNING:
-                out[1] = crusher_fb   # feed only once the crusher really turns
-        horn = state == TRIPPED and not self.trip_acked
-        if not horn:
-            act = self.alarm_active
-            acked = self.alarm_acked
-            for k in range(len(act)):
-                if act[k] and not acked[k]:
-                    horn = True
-                    break
-        out[6] = horn or out[6]
-        # Interlock, belt and braces: nothing turns or feeds outside RUNNING/STOPPING.
-        if not (CRUSHING & (1 << state)):
-            out[0] = False
-            out[1] = False
-        if tuple(out) != before:
+        horn = (state == TRIPPED and not self.trip_acked) or self.unacked > 0
+        new = self.output_table[state][1 if crusher_fb else 0][1 if horn else 0]
+        if new is not self.outputs_t:
+            self.outputs_t = new
+            self.outputs[:] = new
             self.events.append({"t": self.now / 1000.0, "type": "outputs", "outputs": self.outputs_dict()})
-        return out
+        return self.outputs
 
     # -- guards -----------------------------------------------------------------------------------
     def guard_purge(self):

@@ -37,50 +37,58 @@ class SensorHealth:
             for i in group:
                 peers[i] = tuple(j for j in group if j != i)
         self.peers = peers
+        self.n_bad = 0                   # how many sensors are unhealthy now
         self.fault_cache = {}            # backend fault code -> "fault:<code>", built once
 
     def update(self, now, readings, changed):
         """Judge every reading; append the index of each sensor whose quality changed."""
-        low = self.low
-        high = self.high
-        value = self.value
         quality = self.quality
         healthy = self.healthy
         ref_v = self.ref_v
         ref_t = self.ref_t
-        for i in range(self.n):
-            r = readings[i]
+        stuck_ms = self.stuck_ms
+        value = self.value
+        i = 0
+        for r, lo, hi, stale, res in zip(readings, self.low, self.high, self.stale_ms, self.res):
             v = r[0]
-            fault = r[1]
             value[i] = v
-            if fault is not None:
-                # The device said so: disconnect, crc, loop_low/high (NE43), open_circuit...
-                q = self.fault_cache.get(fault)
-                if q is None:
-                    q = "fault:" + fault
-                    self.fault_cache[fault] = q
-            elif v != v:
-                q = Q_NAN  # NaN compares unequal to itself
-            elif v < low[i] or v > high[i]:
-                q = Q_RANGE
-            elif now - r[2] > self.stale_ms[i]:
-                q = Q_STALE  # the device stopped answering fresh data
-            else:
+            if r[1] is None and lo <= v <= hi and now - r[2] <= stale:   # NaN fails lo <= v
                 rv = ref_v[i]
-                if rv is None or v - rv > self.res[i] or rv - v > self.res[i]:
+                if rv is None or v - rv > res or rv - v > res:
                     ref_v[i] = v
                     ref_t[i] = now
                     q = GOOD
-                elif now - ref_t[i] > self.stuck_ms[i] and self._peer_moved(i):
+                elif now - ref_t[i] > stuck_ms[i] and self._peer_moved(i):
                     q = Q_STUCK  # frozen output: a dead transmitter often holds its last value
                 else:
                     q = GOOD
+            else:
+                q = self._fault(r, lo, hi, stale, now)
             if q is not quality[i]:
                 quality[i] = q
+                if healthy[i] != (q is GOOD):
+                    self.n_bad += 1 if healthy[i] else -1
                 healthy[i] = q is GOOD
                 if q is not GOOD and q is not Q_STUCK:
                     ref_v[i] = None  # judge movement afresh once it recovers
                 changed.append(i)
+            i += 1
+
+    def _fault(self, r, lo, hi, stale, now):
+        fault = r[1]
+        v = r[0]
+        if fault is not None:
+            # The device said so: disconnect, crc, loop_low/high (NE43), open_circuit...
+            q = self.fault_cache.get(fault)
+            if q is None:
+                q = "fault:" + fault
+                self.fault_cache[fault] = q
+            return q
+        if v != v:
+            return Q_NAN  # NaN compares unequal to itself
+        if v < lo or v > hi:
+            return Q_RANGE
+        return Q_STALE  # the device stopped answering fresh data
 
     def _peer_moved(self, i):
         peers = self.peers[i]

@@ -82,6 +82,7 @@ class ScanLoop:
         self.stop_requested = False
         self.last_scan_s = 0.0          # cost of the last scan (s), for the status line
         self._pending: list[tuple[str, str, Reply | None]] = []
+        self.lateness_s: list[float] | None = None   # benchmarks: scan start minus its slot
 
     # -- called from any thread ----------------------------------------------------------------
     def submit(self, action: str, source: str, reply: Reply | None = None) -> bool:
@@ -207,6 +208,8 @@ class ScanLoop:
                 now_wall = mono()
                 if end is not None and now_wall >= end:
                     break
+                if self.lateness_s is not None:
+                    self.lateness_s.append(now_wall - next_t)
                 now_ms = start_ms + int((now_wall - t0) * 1000.0 * speed)
                 if before_scan is not None:
                     before_scan(now_ms)

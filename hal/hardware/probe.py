@@ -1,0 +1,266 @@
+"""`crushcell probe`: commissioning check of every chip, sensor, input and (optionally) output.
+
+    crushcell probe [--config PATH] [--state-dir DIR] [--outputs [--yes] [--pulse-s S]]
+
+Exit 0 when every expected I2C device answered, every sensor gave a fault-free reading, every
+input could be read and (with --outputs) every feedback followed its output; 1 otherwise;
+2 on a usage or configuration error, or when --outputs is refused.
+
+Moving outputs is the dangerous part, so --outputs needs all of:
+- no running controller: `<state-dir>/crushcell.pid` must not name a live process (the service
+  owns the relays; two writers would fight, and the controller would see its outputs move);
+- a typed confirmation: the operator types the cell id (or passes --yes in a script);
+- the operator's own isolation: energising the crusher contactor starts the motor if its power
+  is on. The probe cannot know; the prompt says so, and shows the E-stop chain state (with the
+  chain open, outputs wired through the safety relay will not move and their feedback fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from controller.names import INPUTS, OUTPUTS, SENSORS
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+DEFAULT_STATE_DIR = "/var/lib/crushcell"
+PID_FILE = "crushcell.pid"
+# Output -> the input that proves it moved (contactor auxiliary contact).
+FEEDBACK = {"crusher": "crusher_running"}
+
+
+class ProbeRefused(Exception):
+    """--outputs may not run now; the message says why and what to do."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crushcell probe",
+                                description="Commissioning check: I2C devices, sensors, inputs, outputs.")
+    p.add_argument("--config", default=os.environ.get("CRUSHCELL_CONFIG", "config/cell.toml"),
+                   metavar="PATH", help="plant configuration (default: config/cell.toml)")
+    p.add_argument("--state-dir", default=os.environ.get("CRUSHCELL_STATE_DIR", DEFAULT_STATE_DIR),
+                   metavar="DIR", help=f"where a running controller keeps {PID_FILE} "
+                                       f"(default: {DEFAULT_STATE_DIR})")
+    p.add_argument("--outputs", action="store_true",
+                   help="also pulse every output (loop check); needs the controller stopped")
+    p.add_argument("--yes", action="store_true", help="skip the typed confirmation for --outputs")
+    p.add_argument("--pulse-s", type=float, default=1.0, metavar="S",
+                   help="how long each output is energised (0.1 to 10 s, default 1)")
+    return p
+
+
+def controller_pid(state_dir: str) -> int | None:
+    """The pid of a running controller from its pid file, None if none runs.
+
+    Raises ProbeRefused when the file exists but cannot be read: we cannot tell, so we refuse.
+    """
+    path = Path(state_dir) / PID_FILE
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ProbeRefused(f"cannot read {path}: {exc.strerror}; "
+                           "cannot tell whether the controller runs") from None
+    try:
+        pid = int(text.split()[0])
+    except (ValueError, IndexError):
+        raise ProbeRefused(f"{path} does not hold a pid ({text[:40]!r}); "
+                           "remove it if no controller runs") from None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None            # stale pid file: the controller is not running
+    except PermissionError:
+        return pid             # exists, owned by another user (the service)
+    return pid
+
+
+def main(argv: list[str], *, open_cell: Callable[[Any], Any] | None = None, stdin: TextIO | None = None,
+         out: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
+         sleep: Callable[[float], None] = time.sleep) -> int:
+    """Run the probe. The keyword arguments let tests pass fakes; `crushcell probe` passes none."""
+    out = out or sys.stdout
+    stdin = stdin or sys.stdin
+    err = out if out is not sys.stdout else sys.stderr
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:       # argparse already printed the usage and the problem
+        return EXIT_OK if exc.code == 0 else EXIT_USAGE
+    if not 0.1 <= args.pulse_s <= 10.0:
+        print(f"crushcell probe: --pulse-s {args.pulse_s:g} must lie between 0.1 and 10", file=err)
+        return EXIT_USAGE
+
+    from controller.config import ConfigError, load
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print("crushcell probe: the configuration has errors:", file=err)
+        for line in exc.errors:
+            print(f"  {line}", file=err)
+        return EXIT_USAGE
+
+    if args.outputs:
+        try:
+            confirm_outputs(args, config, stdin, out)
+        except ProbeRefused as exc:
+            print(f"crushcell probe: --outputs refused: {exc}", file=err)
+            return EXIT_USAGE
+
+    from hal.hardware.plan import WiringError
+
+    try:
+        if open_cell is None:
+            from hal.hardware import HardwareCell
+
+            open_cell = HardwareCell
+        cell = open_cell(config)
+    except WiringError as exc:
+        print(f"crushcell probe: {config.path}: {exc}", file=err)
+        return EXIT_USAGE
+    except ImportError as exc:      # NoGpio, NoI2c, smbus2 missing: this machine cannot probe
+        print(f"crushcell probe: {exc}", file=err)
+        return EXIT_FAIL
+    try:
+        ok = probe_devices(cell, out)
+        ok = probe_sensors(cell, config, out, clock, sleep) and ok
+        inputs = probe_inputs(cell, config, out, clock)
+        ok = None not in inputs and ok
+        if args.outputs:
+            ok = probe_outputs(cell, config, out, clock, sleep, args.pulse_s) and ok
+    except KeyboardInterrupt:
+        print("\ninterrupted: outputs to their safe states", file=out)
+        ok = False
+    finally:
+        cell.force_safe()
+        cell.close()
+    print("PROBE OK" if ok else "PROBE FAILED: see the lines marked !!", file=out)
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+def confirm_outputs(args: argparse.Namespace, config: Any, stdin: TextIO, out: TextIO) -> None:
+    pid = controller_pid(args.state_dir)
+    if pid is not None:
+        raise ProbeRefused(f"a controller is running (pid {pid}, {Path(args.state_dir) / PID_FILE}); "
+                           "stop it first: systemctl stop crushcell")
+    if args.yes:
+        return
+    print(f"--outputs energises every output of cell {config.cell_id!r} in turn, for "
+          f"{args.pulse_s:g} s each: {', '.join(OUTPUTS)}.\n"
+          "The crusher contactor WILL start the motor if its power is on: isolate it first.\n"
+          f"Type the cell id ({config.cell_id}) to go on: ", end="", file=out)
+    out.flush()
+    answer = stdin.readline()
+    if answer.strip() != config.cell_id:
+        raise ProbeRefused("confirmation did not match the cell id; nothing was moved")
+
+
+def probe_devices(cell: Any, out: TextIO) -> bool:
+    print("I2C devices", file=out)
+    expected = cell.expected_devices()
+    found = cell.scan_buses()
+    ok = True
+    for bus in sorted(expected):
+        got = found.get(bus, "not scanned")
+        if isinstance(got, str):
+            print(f"  !! bus {bus}: cannot scan: {got}", file=out)
+            ok = False
+            continue
+        for addr, label in sorted(expected[bus].items()):
+            if addr in got:
+                print(f"     bus {bus} 0x{addr:02X} found     {label}", file=out)
+            else:
+                print(f"  !! bus {bus} 0x{addr:02X} MISSING   {label}", file=out)
+                ok = False
+        for addr in got:
+            if addr not in expected[bus]:
+                print(f"  ?? bus {bus} 0x{addr:02X} unexpected (not in the config)", file=out)
+    return ok
+
+
+def probe_sensors(cell: Any, config: Any, out: TextIO, clock: Callable[[], float],
+                  sleep: Callable[[float], None], timeout_s: float = 3.0) -> bool:
+    """Scan until every sensor has a sample or a fault (each ADC channel needs its turn)."""
+    start = clock()
+    while True:
+        readings = cell.read_sensors(int(clock() * 1000))
+        if all(r.fault is not None or r.t_ms != 0 for r in readings) or clock() - start > timeout_s:
+            break
+        sleep(0.02)
+    print("Sensors", file=out)
+    details = cell.details()
+    ok = True
+    for name in SENSORS:
+        d = details[name]
+        unit = config.sensors[name].unit
+        raw = "  ".join(f"{k}={d[k]}" for k in ("raw", "ma", "config", "status", "scale", "celsius", "answer")
+                        if k in d)
+        if d["fault"] is not None:
+            why = f" ({d['error']})" if d["error"] else ""
+            line = f"  !! {name:14} FAULT {d['fault']}{why}"
+            ok = False
+        elif math.isnan(d["value"]):
+            line = f"  !! {name:14} no reading within {timeout_s:g} s"
+            ok = False
+        else:
+            line = f"     {name:14} {d['value']:10.3f} {unit:5}"
+        print(f"{line}  [{d['device']}]  {raw}".rstrip(), file=out)
+    return ok
+
+
+def probe_inputs(cell: Any, config: Any, out: TextIO, clock: Callable[[], float]) -> list[bool | None]:
+    values = list(cell.read_inputs(int(clock() * 1000)))
+    print("Inputs", file=out)
+    for name, value in zip(INPUTS, values, strict=True):
+        c = config.inputs[name]
+        polarity = "active-low" if c.active_low else "active-high"
+        mark = "!!" if value is None else "  "
+        shown = "READ FAILED" if value is None else str(value)
+        print(f"  {mark} {name:16} {shown:11} GPIO{c.pin} {polarity}", file=out)
+    return values
+
+
+def probe_outputs(cell: Any, config: Any, out: TextIO, clock: Callable[[], float],
+                  sleep: Callable[[float], None], pulse_s: float) -> bool:
+    safe = [config.outputs[n].safe for n in OUTPUTS]
+    estop = dict(zip(INPUTS, cell.read_inputs(int(clock() * 1000)), strict=True))["estop_ok"]
+    print(f"Outputs (estop_ok = {estop}; with the chain open, relayed outputs cannot move)", file=out)
+    ok = True
+    for i, name in enumerate(OUTPUTS):
+        c = config.outputs[name]
+        values = list(safe)
+        values[i] = not c.safe
+        written = cell.write_outputs(values)
+        sleep(pulse_s)
+        fb_on = _feedback(cell, name, clock)
+        back = cell.write_outputs(safe)
+        sleep(min(pulse_s, 0.5))
+        fb_off = _feedback(cell, name, clock)
+        line = (f"{name:9} GPIO{c.pin} {'active-low' if c.active_low else 'active-high'} "
+                f"safe={'on' if c.safe else 'off'}: "
+                f"energised (logical {'off' if c.safe else 'on'}) {pulse_s:g} s")
+        good = written and back
+        if not good:
+            line += ", WRITE FAILED"
+        if name in FEEDBACK:
+            fb = FEEDBACK[name]
+            follows = fb_on is True and fb_off is False
+            line += f", {fb}: {fb_on} then {fb_off}" + ("" if follows else " (should be True then False)")
+            good = good and follows
+        print(f"  {'  ' if good else '!!'} {line}", file=out)
+        ok = ok and good
+    return ok
+
+
+def _feedback(cell: Any, output: str, clock: Callable[[], float]) -> bool | None:
+    if output not in FEEDBACK:
+        return None
+    inputs = dict(zip(INPUTS, cell.read_inputs(int(clock() * 1000)), strict=True))
+    return inputs[FEEDBACK[output]]
