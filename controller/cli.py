@@ -231,10 +231,13 @@ def _start_link(args: argparse.Namespace, config: Any, loop: Any) -> Any:
     if args.no_mqtt or not config.mqtt.enabled:
         return None
     try:
-        from controller.link.mqtt import PlantLink
+        from controller.link.mqtt import LinkConfigError, OutboxError, PlantLink
     except ImportError:
         return None
-    link = PlantLink(config, loop, broker=args.broker, state_dir=args.state_dir)
+    try:
+        link = PlantLink(config, loop, broker=args.broker, state_dir=args.state_dir)
+    except (LinkConfigError, OutboxError) as exc:
+        raise UsageError(str(exc)) from None
     link.start()
     return link
 
@@ -287,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("probe", help="commissioning: check every device and wire (hardware)",
                    add_help=False)
+    sub.add_parser("watch", help="live view of one or more cells over MQTT", add_help=False)
     return p
 
 
@@ -298,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as exc:
             print(f"crushcell: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    if argv and argv[0] == "watch":
+        from controller.link.watch import main as watch_main
+
+        return watch_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
