@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from controller import __version__
@@ -172,9 +173,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.hal == "sim":
         options["seed"] = scenario.seed if scenario else args.seed
+    pidfile = _claim_pidfile(args.state_dir)
     try:
         io = hal.open_backend(args.hal, config, **options)
     except ImportError as exc:
+        _release_pidfile(pidfile)
         raise UsageError(f"the {args.hal} backend needs a package that is not installed: {exc}. "
                          "Install with: pip install 'crushcell[hardware]'") from None
     try:
@@ -223,7 +226,38 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print()
     finally:
         io.close()   # forces the safe state again, then releases the devices
+        _release_pidfile(pidfile)
     return EXIT_OK
+
+
+def _claim_pidfile(state_dir: str) -> Path:
+    """Say that a controller runs here: `probe --outputs` refuses to pulse outputs meanwhile."""
+    path = Path(state_dir) / "crushcell.pid"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            try:
+                other = int(path.read_text().strip() or "0")
+                if other and other != os.getpid():
+                    os.kill(other, 0)
+                    raise UsageError(f"another controller (pid {other}) already runs with state dir "
+                                     f"{state_dir}; two controllers must never drive one cell")
+            except (ValueError, ProcessLookupError):
+                pass   # stale pid file from a crash
+            except PermissionError:
+                raise UsageError(f"another controller (pid file {path}) already runs") from None
+        path.write_text(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise UsageError(f"cannot use state dir {state_dir}: {exc.strerror or exc}") from None
+    return path
+
+
+def _release_pidfile(path: Path) -> None:
+    try:
+        if path.read_text().strip() == str(os.getpid()):
+            path.unlink()
+    except OSError:
+        pass
 
 
 def _start_link(args: argparse.Namespace, config: Any, loop: Any) -> Any:
