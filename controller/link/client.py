@@ -1,7 +1,9 @@
 """The one module that imports paho-mqtt: builds a configured client for the link and `watch`.
 
-paho-mqtt 2.x with CallbackAPIVersion.VERSION2 and MQTT 3.1.1 (the broadest broker and dashboard
-support; paho does not honour an MQTT 5 broker's Receive Maximum). Connection is always
+paho-mqtt 2.x with CallbackAPIVersion.VERSION2 and MQTT 5: its "retain as published" subscription
+option lets the controller see that a *live* command was published retained and refuse it too
+(MQTT 3.1.1 clears the flag on live delivery). paho does not honour the broker's Receive Maximum
+by itself: the link reads it from the CONNACK and limits its in-flight messages. Connection is always
 `connect_async` + `loop_start`: a broker missing at boot never blocks, and paho retries with
 backoff forever.
 
@@ -17,6 +19,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 
 class LinkConfigError(ValueError):
@@ -73,8 +76,7 @@ def read_password(settings: Any, environ: Any = os.environ) -> str | None:
 def make_client(settings: Any, client_id: str, *, password: str | None,
                 will: tuple[str, str] | None = None) -> mqtt.Client:
     """A paho client with credentials, TLS, last will and backoff applied; not yet connected."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
-                         clean_session=True)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     if settings.require_tls and not settings.tls:
         # Hazard: credentials and commands in clear text on the plant network.
         raise LinkConfigError("[mqtt] require_tls = true but tls = false: refusing to connect in clear text")
@@ -100,8 +102,20 @@ def make_client(settings: Any, client_id: str, *, password: str | None,
 
 def start(client: mqtt.Client, host: str, port: int, keepalive: int) -> None:
     """Connect in the background; never raises for a missing broker (paho keeps retrying)."""
-    client.connect_async(host, port, keepalive=keepalive)
+    # Clean start every time: commands queued while we were away are stale and must not act.
+    client.connect_async(host, port, keepalive=keepalive, clean_start=True)
     client.loop_start()
+
+
+def subscribe(client: mqtt.Client, topic: str, qos: int = 1) -> None:
+    """Subscribe so that the retain flag arrives as published (live retained commands show it)."""
+    client.subscribe(topic, options=SubscribeOptions(qos=qos, retainAsPublished=True))
+
+
+def receive_maximum(properties: Any) -> int:
+    """The broker's Receive Maximum from CONNACK properties (65535 when not sent)."""
+    value = getattr(properties, "ReceiveMaximum", None)
+    return int(value) if isinstance(value, int) and value > 0 else 65535
 
 
 def connack_text(reason_code: Any) -> str:

@@ -78,7 +78,11 @@ class PlantLink:
         self.client = mq.make_client(s, s.client_id or f"crushcell-{config.cell_id}", password=password,
                                      will=(self.t_avail, payloads.OFFLINE))
         del password
-        self.client.max_inflight_messages_set(s.publish_window + 50)
+        self._window = s.publish_window
+        self.receive_maximum = 0
+        # paho's own cap on unacknowledged QoS 1 messages (fixed before connecting): our event
+        # window plus room for status, availability and replies.
+        self.client.max_inflight_messages_set(s.publish_window + 8)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
@@ -170,13 +174,19 @@ class PlantLink:
                             self.host, self.port, mq.connack_text(reason_code))
             self.counters["connect_refused"] += 1
             return
+        # Never have more QoS 1 messages unacknowledged than the broker accepts (MQTT 5 Receive
+        # Maximum; mosquitto disconnects a client that exceeds it). A few slots stay free for
+        # status and replies.
+        rmax = mq.receive_maximum(_props)
+        self.receive_maximum = rmax
+        self._window = max(1, min(self.s.publish_window, rmax - 4))
         self._connected_at = self.clock()
         self._connected = True
         self.counters["connects"] += 1
         # Subscriptions are renewed on every connect (clean session: the broker forgot them).
-        client.subscribe(self.t_cmd, qos=1)
+        mq.subscribe(client, self.t_cmd, qos=1)
         if self.s.homeassistant_discovery:
-            client.subscribe(self.t_ha_status, qos=1)
+            mq.subscribe(client, self.t_ha_status, qos=1)
             self._ha_due = True
         client.publish(self.t_avail, payloads.ONLINE, qos=1, retain=True)
         self._birth_due = True
@@ -388,7 +398,7 @@ class PlantLink:
     def _drain(self, now: float) -> None:
         """Publish outbox rows in order while fewer than `publish_window` await their PUBACK."""
         s = self.s
-        window = s.publish_window
+        window = self._window
         inflight = self._inflight
         while len(inflight) < window and self._connected:
             room = window - len(inflight)
@@ -429,7 +439,7 @@ class PlantLink:
         """Token bucket on backlog messages: a subscriber's broker queue must not overflow."""
         rate = self.s.history_rate_per_s
         now = time.monotonic()
-        burst = max(1.0, min(rate, float(self.s.publish_window)))
+        burst = max(1.0, min(rate, float(self._window)))
         self._history_tokens = min(burst, self._history_tokens + (now - self._history_last) * rate)
         self._history_last = now
         if self._history_tokens >= 1.0:
