@@ -73,6 +73,9 @@ class Broker:
             "log_type error",
             "log_type warning",
         ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            # Started as root, mosquitto drops to user "mosquitto", which cannot read our tmp files.
+            lines.append("user root")
         if persistence:
             lines += ["persistence true", f"persistence_location {self.folder}/",
                       "autosave_interval 1"]
