@@ -109,7 +109,7 @@ def test_password_sources_and_broker_override(monkeypatch):
 
 
 def test_bad_broker_option_exits_2_without_traceback(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "controller.cli", "run", "--hal", "sim", "--broker", "h:99999",
-                          "--state-dir", str(tmp_path / "s"), "--duration", "1"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "run", "--hal", "sim",
+                          "--broker", "h:99999", "--state-dir", str(tmp_path / "s"), "--duration", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "port must be a number" in out.stderr and "Traceback" not in out.stderr
