@@ -39,6 +39,9 @@ log = logging.getLogger("crushcell.link")
 TICK_S = 0.02            # the worker's longest sleep: bounds reply latency when nothing wakes it
 REPLY_QUEUE_MAX = 256    # replies waiting to be published; beyond it they are dropped (counted)
 AUDIT_RATE_PER_S = 5.0   # link-refused commands written to the event log, at most this often
+DELETE_BATCH = 500       # acknowledged rows deleted in one transaction...
+DELETE_EVERY_S = 0.2     # ...or at least this often
+PREFETCH = 2000          # outbox rows read at once while draining
 CLOSE_DRAIN_S = 2.0      # on clean shutdown, time given to deliver the rest of the backlog
 
 __all__ = ["PlantLink", "LinkConfigError", "OutboxError"]
@@ -102,6 +105,10 @@ class PlantLink:
         # Worker-only state.
         self._inflight: dict[int, list[int]] = {}   # paho mid -> event seqs it carries
         self._sent_seq = 0                           # highest seq handed to paho
+        self._rows: collections.deque = collections.deque()   # prefetched rows after _sent_seq
+        self._fetched_seq = 0                        # highest seq in _rows
+        self._done: list[int] = []                   # acknowledged, not yet deleted
+        self._delete_at = 0.0
         self._connected_at = 0.0                     # wall clock of the current CONNACK
         self._telemetry_seq = 0
         self._next_telemetry = 0.0
@@ -322,19 +329,21 @@ class PlantLink:
                 event["id"], event["by"], event["stage"] = cmd_id, by, "core"
         return event
 
-    def _process_acks(self) -> None:
+    def _process_acks(self, force: bool = False) -> None:
         acked = self._acked
-        if not acked:
-            return
-        done: list[int] = []
+        done = self._done
         inflight = self._inflight
         while acked:
             seqs = inflight.pop(acked.popleft(), None)
             if seqs:
                 done.extend(seqs)
-        if done:
+        # Deleting is batched (one transaction per DELETE_BATCH rows or DELETE_EVERY_S): a crash
+        # in between only means those acknowledged events are sent again (same seq) at restart.
+        if done and (force or len(done) >= DELETE_BATCH or time.monotonic() >= self._delete_at):
             self.outbox.delete(done)
             self.counters["events_acked"] += len(done)
+            done.clear()
+            self._delete_at = time.monotonic() + DELETE_EVERY_S
 
     def _publish_replies(self) -> None:
         replies = self._replies
@@ -396,44 +405,45 @@ class PlantLink:
         self._status_due = True
 
     def _drain(self, now: float) -> None:
-        """Publish outbox rows in order while fewer than `publish_window` await their PUBACK."""
+        """Publish outbox rows in order while fewer than the window await their PUBACK."""
         s = self.s
         window = self._window
         inflight = self._inflight
+        rows = self._rows
+        connected_at = self._connected_at
+        batch = s.history_batch
+        publish = self.client.publish
+        topic = self.t_events
         while len(inflight) < window and self._connected:
-            room = window - len(inflight)
-            rows = self.outbox.read_after(self._sent_seq, room * s.history_batch)
-            if not rows:
-                return
-            connected_at = self._connected_at
-            i = 0
-            n = len(rows)
-            while i < n and len(inflight) < window:
-                seq, ts, body = rows[i]
-                if ts < connected_at:
-                    # Waited through an outage or a restart: historical, paced, maybe batched.
-                    if not self._history_allowed():
-                        return
-                    j = i
-                    while j < n and j - i < s.history_batch and rows[j][1] < connected_at:
-                        j += 1
-                    chunk = rows[i:j]
-                    if len(chunk) == 1 or s.history_batch == 1:
-                        chunk = rows[i:i + 1]
-                        text = payloads.historical(body)
-                    else:
-                        text = payloads.history_batch([(r[0], r[2]) for r in chunk])
-                    seqs = [r[0] for r in chunk]
-                    self.counters["historical_sent"] += len(chunk)
-                    i += len(chunk)
+            if len(rows) < batch:
+                fetched = self.outbox.read_after(self._fetched_seq, PREFETCH)
+                if fetched:
+                    rows.extend(fetched)
+                    self._fetched_seq = fetched[-1][0]
+                if not rows:
+                    return
+            seq, ts, body = rows[0]
+            if ts < connected_at:
+                # Waited through an outage or a restart: historical, paced, maybe batched.
+                if not self._history_allowed():
+                    return
+                chunk = [rows.popleft()]
+                while batch > 1 and rows and len(chunk) < batch and rows[0][1] < connected_at:
+                    chunk.append(rows.popleft())
+                if len(chunk) == 1:
+                    text = payloads.historical(body)
                 else:
-                    text, seqs = body, [seq]
-                    i += 1
-                info = self.client.publish(self.t_events, text, qos=1)
-                inflight[info.mid] = seqs
-                self._sent_seq = seqs[-1]
-                self.counters["events_sent"] += len(seqs)
-                self.counters["event_messages"] += 1
+                    text = payloads.history_batch([(r[0], r[2]) for r in chunk])
+                seqs = [r[0] for r in chunk]
+                self.counters["historical_sent"] += len(chunk)
+            else:
+                rows.popleft()
+                text, seqs = body, [seq]
+            info = publish(topic, text, qos=1)
+            inflight[info.mid] = seqs
+            self._sent_seq = seqs[-1]
+            self.counters["events_sent"] += len(seqs)
+            self.counters["event_messages"] += 1
 
     def _history_allowed(self) -> bool:
         """Token bucket on backlog messages: a subscriber's broker queue must not overflow."""
@@ -455,11 +465,12 @@ class PlantLink:
             self._process_acks()
             self._publish_replies()
             self._drain(self.clock())
-            if not self._inflight and self.outbox.pending == 0:
+            if not self._inflight and not self._rows and \
+                    self.outbox.pending <= len(self._done):
                 break
             self._wake.wait(TICK_S)
             self._wake.clear()
-        self._process_acks()
+        self._process_acks(force=True)
         if self.outbox.pending:
             log.warning("plant link: %d events left in the outbox; they are sent at the next start",
                         self.outbox.pending)

@@ -115,8 +115,8 @@ def test_retained_command_is_never_acted_on(rig):
     replays = wait_for(lambda: [x for x in sub.json("/cmd/reply") if x["id"] == "ret1"][1:],
                        what="refusal of the retained replay")
     assert all(not x["accepted"] and "retained command ignored" in x["reason"] for x in replays)
-    audit = [e for e in sub.json("/events") if e.get("id") == "ret1"]
-    assert audit and all(e["accepted"] is False and e["stage"] == "link" for e in audit)
+    audit = wait_for(lambda: [e for e in sub.json("/events") if e.get("id") == "ret1"], what="audit")
+    assert all(e["accepted"] is False and e["stage"] == "link" for e in audit)
     sub.publish(f"{BASE}/cmd", b"", retain=True)   # clear it for the other tests
 
 
