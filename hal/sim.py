@@ -43,12 +43,14 @@ from hal.base import FAULT_DISCONNECT, Reading
 from hal.sim_model import (
     AIR_INGRESS_LEAK_M3_MIN,
     AIR_LEAK_M3_MIN,
+    CONTACTOR_DELAY_S,
     N2_LOST_BAR,
     N2_NOMINAL_BAR,
     QUANTITY_OF_SENSOR,
     CellModel,
 )
 
+CONTACTOR_DELAY_MS = int(round(CONTACTOR_DELAY_S * 1000))  # crusher_running follows `crusher` this late
 SUBSTEP_MS = 100                 # longest integration step
 NOISE_COUNTS = 3.0               # noise sd in counts (resolution): a healthy sensor never looks stuck
 DRIFT_SPAN_PER_MIN = 0.02        # `drift` fault: offset growth, fraction of the range span per minute
@@ -116,7 +118,7 @@ class SimulatedCell:
 
         # Sensor faults and forcing: per sensor, None when healthy / not forced.
         self._fault: list[str | None] = [None] * self._n
-        self._fault_t0 = [0] * self._n         # drift: injection time
+        self._fault_t0: list[int | None] = [None] * self._n   # drift: injection time
         self._frozen: list[Reading | None] = [None] * self._n   # stuck/stale: the held reading
         self._forced: list[float | None] = [None] * self._n
         self._slow = False                      # any fault or force active
@@ -206,6 +208,8 @@ class SimulatedCell:
             v = x + off + sd * z
             mode = self._fault[i]
             if mode == "drift":
+                if self._fault_t0[i] is None:
+                    self._fault_t0[i] = now_ms
                 v += DRIFT_SPAN_PER_MIN * self._span[i] * (now_ms - self._fault_t0[i]) / 60000.0
             v = lo if v < lo else hi if v > hi else v
             healthy = Reading(v, None, now_ms)
@@ -273,7 +277,7 @@ class SimulatedCell:
                                  f"expected one of: {', '.join(SENSOR_FAULT_MODES)}")
             i = SENSORS.index(name)
             self._fault[i] = None if mode == "clear" else mode
-            self._fault_t0[i] = self._t if self._t is not None else 0
+            self._fault_t0[i] = self._t     # None before the first read: set by that read
             # stuck and stale hold the last reading returned (the next one if none yet).
             self._frozen[i] = self._last[i] if (self._last is not None and mode in ("stuck", "stale")) \
                 else None
