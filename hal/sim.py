@@ -121,7 +121,8 @@ class SimulatedCell:
         self._fault_t0: list[int | None] = [None] * self._n   # drift: injection time
         self._frozen: list[Reading | None] = [None] * self._n   # stuck/stale: the held reading
         self._forced: list[float | None] = [None] * self._n
-        self._slow = False                      # any fault or force active
+        self._faulted: tuple[int, ...] = ()     # indices of sensors with a fault
+        self._forced_items: tuple[tuple[int, float], ...] = ()
         self._last: list[Reading] | None = None
 
         # Inputs (INPUTS order) and outputs.
@@ -170,15 +171,13 @@ class SimulatedCell:
         step = model.step
         pick = self._pick
         lag = self._lag
-        forced = self._forced if self._slow else None
+        forced = self._forced_items
         for _ in range(n):
             step(h)
             tv = pick(model.quantities)
             lag = [x + (v - x) * a for x, v, a in zip(lag, tv, alphas, strict=True)]
-            if forced is not None:
-                for i, f in enumerate(forced):
-                    if f is not None:
-                        lag[i] = f      # a forced quantity bypasses the sensor lag
+            for i, f in forced:
+                lag[i] = f              # a forced quantity bypasses the sensor lag
         self._lag = lag
         self._t = now_ms
         inputs = self._inputs
@@ -191,46 +190,37 @@ class SimulatedCell:
         self._advance(now_ms)
         start = self._rng.getrandbits(NOISE_TABLE_BITS)
         noise = self._noise[start:start + self._n]
-        if self._slow:
-            out = self._read_faulty(now_ms, noise)
-        else:
-            new = _new_tuple
-            out = [
-                new(Reading, ((lo if (v := x + off + sd * z) < lo else hi if v > hi else v), None, now_ms))
-                for x, z, (off, sd, lo, hi) in zip(self._lag, noise, self._spec, strict=True)
-            ]
+        new = _new_tuple
+        out = [
+            new(Reading, ((lo if (v := x + off + sd * z) < lo else hi if v > hi else v), None, now_ms))
+            for x, z, (off, sd, lo, hi) in zip(self._lag, noise, self._spec, strict=True)
+        ]
+        for i in self._faulted:
+            out[i] = self._faulty_reading(i, out[i], now_ms, noise[i])
         self._last = out
         return out
 
-    def _read_faulty(self, now_ms: int, noise: list[float]) -> list[Reading]:
-        out = []
-        for i, (x, z, (off, sd, lo, hi)) in enumerate(zip(self._lag, noise, self._spec, strict=True)):
-            v = x + off + sd * z
-            mode = self._fault[i]
-            if mode == "drift":
-                if self._fault_t0[i] is None:
-                    self._fault_t0[i] = now_ms
-                v += DRIFT_SPAN_PER_MIN * self._span[i] * (now_ms - self._fault_t0[i]) / 60000.0
-            v = lo if v < lo else hi if v > hi else v
-            healthy = Reading(v, None, now_ms)
-            if mode is None or mode == "drift":
-                r = healthy
-            elif mode == "disconnect":
-                r = Reading(_NAN, FAULT_DISCONNECT, now_ms)
-            elif mode == "nan":
-                r = Reading(_NAN, None, now_ms)
-            elif mode == "out_of_range":
-                r = Reading(hi + OUT_OF_RANGE_SPAN * self._span[i], None, now_ms)
-            elif mode == "stuck":
-                if self._frozen[i] is None:
-                    self._frozen[i] = healthy
-                r = Reading(self._frozen[i].value, None, now_ms)
-            else:  # stale
-                if self._frozen[i] is None:
-                    self._frozen[i] = healthy
-                r = self._frozen[i]
-            out.append(r)
-        return out
+    def _faulty_reading(self, i: int, healthy: Reading, now_ms: int, z: float) -> Reading:
+        """What sensor `i` reports under its injected fault, given the reading it would give healthy."""
+        mode = self._fault[i]
+        if mode == "drift":
+            if self._fault_t0[i] is None:
+                self._fault_t0[i] = now_ms
+            off, sd, lo, hi = self._spec[i]
+            v = self._lag[i] + off + sd * z
+            v += DRIFT_SPAN_PER_MIN * self._span[i] * (now_ms - self._fault_t0[i]) / 60000.0
+            return Reading(lo if v < lo else hi if v > hi else v, None, now_ms)
+        if mode == "disconnect":
+            return Reading(_NAN, FAULT_DISCONNECT, now_ms)
+        if mode == "nan":
+            return Reading(_NAN, None, now_ms)
+        if mode == "out_of_range":
+            return Reading(self._hi[i] + OUT_OF_RANGE_SPAN * self._span[i], None, now_ms)
+        if self._frozen[i] is None:       # stuck or stale before any reading: hold this one
+            self._frozen[i] = healthy
+        if mode == "stuck":
+            return Reading(self._frozen[i].value, None, now_ms)
+        return self._frozen[i]            # stale: the old reading, old t_ms and all
 
     def read_inputs(self, now_ms: int) -> list[bool | None]:
         self._advance(now_ms)
@@ -281,7 +271,7 @@ class SimulatedCell:
             # stuck and stale hold the last reading returned (the next one if none yet).
             self._frozen[i] = self._last[i] if (self._last is not None and mode in ("stuck", "stale")) \
                 else None
-            self._update_slow()
+            self._faulted = tuple(k for k, f in enumerate(self._fault) if f is not None)
         elif name in OUTPUTS:
             if mode not in OUTPUT_FAULT_MODES:
                 raise ValueError(f"unknown fault mode {mode!r} for output {name!r}; "
@@ -339,10 +329,7 @@ class SimulatedCell:
             value = float(value)
             self._forced[i] = value
             self._lag[i] = value
-        self._update_slow()
-
-    def _update_slow(self) -> None:
-        self._slow = any(f is not None for f in self._fault) or any(f is not None for f in self._forced)
+        self._forced_items = tuple((k, f) for k, f in enumerate(self._forced) if f is not None)
 
     def snapshot(self) -> dict:
         """True (noise-free, lag-free) physical quantities, for debugging and tests."""
