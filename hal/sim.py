@@ -28,7 +28,15 @@ crusher runs whatever the command; other outputs: recorded in `output_faults` on
 
 Events: see EVENTS. `estop` also drops every output to its safe state (the controller's relays
 are wired in series with the hard-wired E-stop chain). `door_open` lets air in
-(DOOR_OPEN_LEAK_M3_MIN). `local_reset` presses the panel reset for RESET_PRESS_MS.
+(DOOR_OPEN_LEAK_M3_MIN). `local_reset` presses the panel reset for RESET_PRESS_MS. A
+`thermal_runaway` while one is still burning is ignored.
+
+Outputs: until the first `write_outputs` they are in the configured safe state (no power). The
+crusher turns only while its contactor is closed (`crusher_running`).
+
+`force(sensor, value)` holds what that one sensor sees (offset and noise still apply, its lag is
+bypassed); the physics underneath goes on, and `force(sensor, None)` lets the reading relax back
+through the sensor's lag.
 """
 
 from __future__ import annotations
