@@ -19,8 +19,7 @@ DEPLOY = REPO / "deploy"
 
 GOOD_BIN = '#!/bin/sh\necho "crushcell {version} $*"\nexit 0\n'
 BAD_CONFIG_BIN = (
-    '#!/bin/sh\n[ "$1" = check-config ] || exit 0\n'
-    'echo "$2: [o2] trip_pct = 7.0 is above 5.0" >&2\nexit 1\n'
+    '#!/bin/sh\n[ "$1" = check-config ] || exit 0\necho "$2: [o2] trip_pct = 7.0 is above 5.0" >&2\nexit 1\n'
 )
 FAKE_SYSTEMCTL = """#!/bin/sh
 echo "$*" >> "$FAKE_LOG"
@@ -406,10 +405,7 @@ def tiny_wheel(directory: Path, version: str) -> Path:
 
     files = {
         "crushcell_fake.py": (
-            "import sys\n"
-            "def main():\n"
-            "    print('tiny crushcell', ' '.join(sys.argv[1:]))\n"
-            "    return 0\n"
+            "import sys\ndef main():\n    print('tiny crushcell', ' '.join(sys.argv[1:]))\n    return 0\n"
         ),
         f"crushcell-{version}.dist-info/METADATA": (
             f"Metadata-Version: 2.1\nName: crushcell\nVersion: {version}\n"
