@@ -160,6 +160,8 @@ detect_version() {
     local src="$1" base
     if [ -n "$version" ]; then
         echo "$version"
+    elif [ "$(dirname "$src")" = "$prefix" ]; then
+        basename "$src"  # a version already installed here
     elif [ -f "$src" ]; then
         base="$(basename "$src")"
         case "$base" in
@@ -194,11 +196,18 @@ set_link() {
 # interrupted run and is rebuilt; a complete one is reused unless $2 is "fresh".
 build_version() {
     local src="$1" fresh="$2" dir="$prefix/$ver" py spec
+    if [ -d "$dir" ] && [ "$(cd "$src" 2>/dev/null && pwd -P)" = "$(cd "$dir" && pwd -P)" ]; then
+        # Going back to a version that is still installed: use it as it is, never delete it.
+        [ -f "$dir/.crushcell-complete" ] || die "$dir is an incomplete install; cannot use it"
+        say "using the installed version $ver in $dir"
+        return 0
+    fi
     if [ -f "$dir/.crushcell-complete" ] && [ "$fresh" != fresh ]; then
         say "version $ver already installed in $dir"
         return 0
     fi
     changed=1
+    created=1
     rm -rf "$dir"
     mkdir -p "$prefix"
     if [ -d "$src" ] && [ ! -f "$src/pyproject.toml" ]; then
@@ -457,6 +466,15 @@ do_install() {
     say "crushcell $ver installed"
 }
 
+# A version built by this run and then refused is removed, so that a retry with a fixed build
+# of the same version starts clean. One that was already there is left alone.
+remove_if_created() {
+    if [ "$created" -eq 1 ]; then
+        rm -rf "${prefix:?}/$ver"
+        echo "install.sh: removed $prefix/$ver" >&2
+    fi
+}
+
 do_upgrade() {
     local src="$1" old
     old="$(current_version)" || die "no installed version in $prefix/current; install first (without --upgrade)"
@@ -469,9 +487,9 @@ do_upgrade() {
     lock
     build_version "$src" fresh
     if ! check_config_with "$ver"; then
-        rm -rf "${prefix:?}/$ver"
+        remove_if_created
         echo "install.sh: error: crushcell $ver rejects $config_file (check-config failed above)." >&2
-        echo "install.sh: nothing changed: $old is still current and running; $ver was removed." >&2
+        echo "install.sh: nothing changed: $old is still current and running." >&2
         exit 1
     fi
     say "switching from $old to $ver"
@@ -487,8 +505,8 @@ do_upgrade() {
     install_unit_of "$old"
     set_link current "$old"
     if restart_and_wait; then
-        rm -rf "${prefix:?}/$ver"
-        echo "install.sh: rolled back: $old is running again; $ver was removed. See: journalctl -u crushcell" >&2
+        remove_if_created
+        echo "install.sh: rolled back: $old is running again. See: journalctl -u crushcell" >&2
         exit 3
     fi
     echo "install.sh: error: rollback to $old did not become healthy either; the cell is down." >&2
@@ -532,6 +550,7 @@ fi
 
 ver=""
 changed=0
+created=0
 case "$mode" in
     install) do_install "$source_arg" ;;
     upgrade) do_upgrade "$source_arg" ;;

@@ -448,3 +448,21 @@ def test_wheel_installs_into_a_versioned_venv(board):
     assert "tiny crushcell check-config" in result.stdout
     out = subprocess.run([str(venv / "bin/crushcell"), "x"], capture_output=True, text=True, check=True)
     assert out.stdout == "tiny crushcell x\n"
+
+
+def test_upgrade_back_to_an_installed_version_reuses_it(board):
+    assert board.install("1.0.0").returncode == 0
+    src = board.version("2.0.0")
+    up = board.run("--upgrade", "--version", "2.0.0", "--settle", "0", str(src), healthy="1.0.0 2.0.0")
+    assert up.returncode == 0, up.stderr
+    old_dir = board.root / "opt/crushcell/1.0.0"
+    # Back to 1.0.0 by naming its directory; 1.0.0 then never becomes ready, so roll forward
+    # again to 2.0.0 -- and 1.0.0 must survive both moves.
+    back = board.run("--upgrade", "--ready-timeout", "0", "--settle", "0", str(old_dir), healthy="2.0.0")
+    assert back.returncode == 3, back.stdout + back.stderr
+    assert board.current() == "2.0.0"
+    assert (old_dir / "bin/crushcell").exists()
+    back = board.run("--upgrade", "--settle", "0", str(old_dir), healthy="1.0.0")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert board.current() == "1.0.0"
+    assert os.readlink(board.root / "opt/crushcell/previous") == "2.0.0"
