@@ -92,7 +92,30 @@ bind_mounts() {
     cp -L /etc/resolv.conf "$rootfs/etc/resolv.conf"
 }
 
-in_chroot() { chroot "$rootfs" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"; }
+# A clean environment inside, except the proxy settings pip may need to reach PyPI.
+in_chroot() {
+    local var pass=()
+    for var in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
+        [ -z "${!var:-}" ] || pass+=("$var=${!var}")
+    done
+    chroot "$rootfs" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+        "${pass[@]}" "$@"
+}
+
+# Networks that inspect TLS install their CA in /usr/local/share/ca-certificates (Debian's
+# place for local CAs). Trust the same ones inside, or pip cannot reach PyPI from there.
+trust_local_cas() {
+    local crt found=0
+    for crt in /usr/local/share/ca-certificates/*.crt; do
+        [ -f "$crt" ] || continue
+        mkdir -p "$rootfs/usr/local/share/ca-certificates"
+        cp "$crt" "$rootfs/usr/local/share/ca-certificates/"
+        found=1
+    done
+    if [ "$found" -eq 1 ]; then
+        in_chroot update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates failed in the chroot"
+    fi
+}
 
 ensure_binfmt
 
@@ -135,6 +158,7 @@ if [ "$rootfs_only" -eq 1 ]; then
 fi
 
 log "installing the wheel and its dependencies (pip from PyPI) under emulation"
+trust_local_cas
 rm -rf "$rootfs/opt/check"
 mkdir -p "$rootfs/opt/check/dist"
 cp "$wheel_dir"/crushcell-*.whl "$rootfs/opt/check/dist/"
@@ -155,5 +179,5 @@ log "crushcell check-config config/cell.toml"
 in_chroot /bin/sh -c 'cd /opt/check && venv/bin/crushcell check-config config/cell.toml'
 log "crushcell simulate config/scenarios/normal_shift.toml (limit ${sim_timeout}s)"
 in_chroot /bin/sh -c "cd /opt/check && timeout $sim_timeout venv/bin/crushcell simulate config/scenarios/normal_shift.toml"
-log "OK: crushcell $wheel_name checks its config and simulates a normal shift on arm64"
+log "OK: $wheel_name checks its config and simulates a normal shift on arm64"
 rm -rf "$wheel_dir"
