@@ -8,6 +8,7 @@ even then the outputs are forced safe first.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import math
 import os
@@ -157,6 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from controller import scenario as sc
     from controller.loop import ScanLoop
 
+    faulthandler.enable()   # a watchdog abort prints every thread's stack to the journal
     config = _load_config(args.config)
     if args.speed <= 0 or args.speed > 1000:
         raise UsageError(f"--speed {args.speed} must be above 0 and at most 1000")
@@ -204,6 +206,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         pump.start()
 
         def on_signal(signum: int, _frame: Any) -> None:
+            if notifier is not None:
+                notifier.stopping()
             loop.stop()
 
         signal.signal(signal.SIGTERM, on_signal)

@@ -129,7 +129,6 @@ def load(path: str | Path) -> PlantConfig:
 def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> PlantConfig:
     errors: list[str] = []
     root = Section(name, "", data, errors)
-    root.name = ""
 
     cell = root.table("cell")
     cell_id = cell.string("id", nonempty=True)

@@ -29,9 +29,11 @@ def fmt(value: Any) -> str:
 class Section:
     """One TOML table being read: `[name]` in `file`."""
 
-    def __init__(self, file: str, name: str, data: Any, errors: list[str]):
+    def __init__(self, file: str, name: str, data: Any, errors: list[str], label: str | None = None):
         self.file = file
         self.name = name
+        # How errors name this table: "[name]" by default, nothing for the top level.
+        self.label = label if label is not None else (f"[{name}] " if name else "")
         self.errors = errors
         if not isinstance(data, dict):
             self.error(f"must be a table, not {fmt(data)}")
@@ -41,7 +43,7 @@ class Section:
 
     # -- reporting -------------------------------------------------------------------------
     def error(self, message: str) -> None:
-        self.errors.append(f"{self.file}: [{self.name}] {message}")
+        self.errors.append(f"{self.file}: {self.label}{message}")
 
     def key_error(self, key: str, message: str) -> None:
         value = self.data.get(key, MISSING)

@@ -67,7 +67,7 @@ def load(path: str | Path) -> Scenario:
 def parse(data: dict[str, Any], name: str = "<scenario>") -> Scenario:
     errors: list[str] = []
     events, sensor_modes, output_modes = _sim_vocabulary()
-    root = Section(name, "scenario", data, errors)
+    root = Section(name, "", data, errors)
     title = root.string("name", "unnamed")
     root.string("description", "")
     duration = root.number("duration_s", above=0.0, maxval=MAX_DURATION_S)
@@ -80,8 +80,7 @@ def parse(data: dict[str, Any], name: str = "<scenario>") -> Scenario:
     steps = []
     for k, raw in enumerate(raw_steps, start=1):
         t_label = f"t = {fmt(raw.get('t'))}" if isinstance(raw, dict) and "t" in raw else "no t"
-        s = Section(name, f"[at] #{k} ({t_label})", raw, errors)
-        s.name = f"[at] #{k} ({t_label})"
+        s = Section(name, "at", raw, errors, label=f"[[at]] #{k} ({t_label}) ")
         t = s.number("t", minval=0.0)
         if isinstance(duration, float) and t == t and t > duration:
             s.key_error("t", f"is after the end of the scenario (duration_s = {fmt(duration)})")
