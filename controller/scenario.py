@@ -8,23 +8,18 @@ rejected before it runs, with the file, the step and the name.
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from controller.configtools import Section, fmt
+from controller.configtools import InputFileError, Section, fmt, read_toml
 from controller.names import COMMANDS, OUTPUTS, SENSORS, SOURCES
 
 MAX_DURATION_S = 30 * 24 * 3600.0   # a month of simulated time per scenario at most
 
 
-class ScenarioError(ValueError):
+class ScenarioError(InputFileError):
     """The scenario file is wrong; `errors` lists every problem."""
-
-    def __init__(self, errors: list[str]):
-        super().__init__("\n".join(errors))
-        self.errors = errors
 
 
 @dataclass(frozen=True)
@@ -52,16 +47,8 @@ def _sim_vocabulary() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
 
 def load(path: str | Path) -> Scenario:
     path = Path(path)
-    name = str(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ScenarioError([f"{name}: cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ScenarioError([f"{name}: not UTF-8 text"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError([f"{name}: not valid TOML: {exc}"]) from None
-    return parse(data, name)
+    data, _blob = read_toml(path, ScenarioError)
+    return parse(data, str(path))
 
 
 def parse(data: dict[str, Any], name: str = "<scenario>") -> Scenario:
