@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SPEED  ?= 10
 
-.PHONY: run test test-fast micropython-test lint bench mutation clean mosquitto
+.PHONY: run test lint bench mutation clean mosquitto deploy-lint check-arm64
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ mosquitto:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+## deploy-lint: shellcheck the deploy scripts
+deploy-lint:
+	shellcheck deploy/*.sh tools/*.sh
+
+## check-arm64: build the wheel and run it in an emulated arm64 Debian root (slow, needs root)
+check-arm64:
+	deploy/check-arm64.sh
 
 bench: $(STAMP) mosquitto
 	$(PY) -m bench

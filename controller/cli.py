@@ -8,6 +8,7 @@ even then the outputs are forced safe first.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +157,8 @@ class Pump(threading.Thread):
 def cmd_run(args: argparse.Namespace) -> int:
     import hal
     from controller import scenario as sc
-    from controller.loop import ScanLoop
 
+    faulthandler.enable()   # a watchdog abort prints every thread's stack to the journal
     config = _load_config(args.config)
     if args.speed <= 0 or args.speed > 1000:
         raise UsageError(f"--speed {args.speed} must be above 0 and at most 1000")
@@ -181,13 +183,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"the {args.hal} backend needs a package that is not installed: {exc}. "
                          "Install with: pip install 'crushcell[hardware]'") from None
     try:
-        notifier = None
-        try:
-            from controller.sdnotify import SystemdNotifier
+        return serve(args, config, io, scenario)
+    finally:
+        io.close()   # forces the safe state again, then releases the devices
+        _release_pidfile(pidfile)
 
-            notifier = SystemdNotifier()
-        except ImportError:
-            notifier = None
+
+def serve(args: argparse.Namespace, config: Any, io: Any, scenario: Any = None) -> int:
+    """Run the scan loop on `io` until a signal, the duration or an error; outputs end safe."""
+    from controller import scenario as sc
+    from controller.loop import ScanLoop
+    from controller.sdnotify import SystemdNotifier
+
+    io.force_safe()   # start-up: every output in its safe state before the first scan
+    notifier = SystemdNotifier()
+    try:
         loop = ScanLoop(config, io, notifier=notifier)
         events_file = None
         stream = None
@@ -204,6 +214,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         pump.start()
 
         def on_signal(signum: int, _frame: Any) -> None:
+            if notifier is not None:
+                notifier.stopping()
             loop.stop()
 
         signal.signal(signal.SIGTERM, on_signal)
@@ -225,8 +237,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if show_status:
                 print()
     finally:
-        io.close()   # forces the safe state again, then releases the devices
-        _release_pidfile(pidfile)
+        io.force_safe()   # whatever ended the loop: signal, duration, exception
     return EXIT_OK
 
 
@@ -350,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_FAIL
     except BrokenPipeError:
+        return EXIT_FAIL
+    except Exception:   # a crash: the loop has already forced every output safe on its way out
+        traceback.print_exc()
+        print("crushcell: stopped on an unexpected error; outputs were forced to their safe states",
+              file=sys.stderr)
         return EXIT_FAIL
 
 

@@ -7,12 +7,11 @@ reported (file, table, key, bound) and the controller refuses to start on any of
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.configtools import Section, fmt
+from controller.configtools import InputFileError, Section, fmt, read_toml
 from controller.link.settings import MqttSettings, read_mqtt
 from controller.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS
 from hal.bindings import read_binding
@@ -23,12 +22,8 @@ LEVEL_THRESHOLDS = ("h2_cell", "lel_cell", "lel_rto", "co_cell", "hf_room", "tem
 MUST_BE_SAFE_OFF = ("crusher", "feed", "alarm")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputFileError):
     """The configuration is wrong; `errors` lists every problem found, one line each."""
-
-    def __init__(self, errors: list[str]):
-        super().__init__("\n".join(errors))
-        self.errors = errors
 
 
 @dataclass(frozen=True)
@@ -112,24 +107,13 @@ TIMERS = {
 def load(path: str | Path) -> PlantConfig:
     """Read and validate `path`; raise ConfigError listing every problem."""
     path = Path(path)
-    name = str(path)
-    try:
-        blob = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{name}: cannot read: {exc.strerror or exc}"]) from None
-    try:
-        data = tomllib.loads(blob.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError([f"{name}: not UTF-8 text"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{name}: not valid TOML: {exc}"]) from None
-    return parse(data, name, hashlib.sha256(blob).hexdigest())
+    data, blob = read_toml(path, ConfigError)
+    return parse(data, str(path), hashlib.sha256(blob).hexdigest())
 
 
 def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> PlantConfig:
     errors: list[str] = []
     root = Section(name, "", data, errors)
-    root.name = ""
 
     cell = root.table("cell")
     cell_id = cell.string("id", nonempty=True)

@@ -8,9 +8,34 @@ nobody reads are reported as likely typos.
 from __future__ import annotations
 
 import math
+import tomllib
+from pathlib import Path
 from typing import Any
 
 MISSING: Any = object()
+
+
+class InputFileError(ValueError):
+    """A file the user wrote is wrong; `errors` lists every problem, one line each."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def read_toml(path: Path, error: type[InputFileError]) -> tuple[dict[str, Any], bytes]:
+    """Parse a TOML file; any problem becomes `error` naming the file (never a traceback)."""
+    name = str(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise error([f"{name}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        return tomllib.loads(blob.decode("utf-8")), blob
+    except UnicodeDecodeError:
+        raise error([f"{name}: not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error([f"{name}: not valid TOML: {exc}"]) from None
 
 
 def fmt(value: Any) -> str:
@@ -29,9 +54,11 @@ def fmt(value: Any) -> str:
 class Section:
     """One TOML table being read: `[name]` in `file`."""
 
-    def __init__(self, file: str, name: str, data: Any, errors: list[str]):
+    def __init__(self, file: str, name: str, data: Any, errors: list[str], label: str | None = None):
         self.file = file
         self.name = name
+        # How errors name this table: "[name]" by default, nothing for the top level.
+        self.label = label if label is not None else (f"[{name}] " if name else "")
         self.errors = errors
         if not isinstance(data, dict):
             self.error(f"must be a table, not {fmt(data)}")
@@ -41,7 +68,7 @@ class Section:
 
     # -- reporting -------------------------------------------------------------------------
     def error(self, message: str) -> None:
-        self.errors.append(f"{self.file}: [{self.name}] {message}")
+        self.errors.append(f"{self.file}: {self.label}{message}")
 
     def key_error(self, key: str, message: str) -> None:
         value = self.data.get(key, MISSING)

@@ -8,23 +8,18 @@ rejected before it runs, with the file, the step and the name.
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from controller.configtools import Section, fmt
+from controller.configtools import InputFileError, Section, fmt, read_toml
 from controller.names import COMMANDS, OUTPUTS, SENSORS, SOURCES
 
 MAX_DURATION_S = 30 * 24 * 3600.0   # a month of simulated time per scenario at most
 
 
-class ScenarioError(ValueError):
+class ScenarioError(InputFileError):
     """The scenario file is wrong; `errors` lists every problem."""
-
-    def __init__(self, errors: list[str]):
-        super().__init__("\n".join(errors))
-        self.errors = errors
 
 
 @dataclass(frozen=True)
@@ -52,22 +47,14 @@ def _sim_vocabulary() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
 
 def load(path: str | Path) -> Scenario:
     path = Path(path)
-    name = str(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ScenarioError([f"{name}: cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ScenarioError([f"{name}: not UTF-8 text"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError([f"{name}: not valid TOML: {exc}"]) from None
-    return parse(data, name)
+    data, _blob = read_toml(path, ScenarioError)
+    return parse(data, str(path))
 
 
 def parse(data: dict[str, Any], name: str = "<scenario>") -> Scenario:
     errors: list[str] = []
     events, sensor_modes, output_modes = _sim_vocabulary()
-    root = Section(name, "scenario", data, errors)
+    root = Section(name, "", data, errors)
     title = root.string("name", "unnamed")
     root.string("description", "")
     duration = root.number("duration_s", above=0.0, maxval=MAX_DURATION_S)
@@ -80,8 +67,7 @@ def parse(data: dict[str, Any], name: str = "<scenario>") -> Scenario:
     steps = []
     for k, raw in enumerate(raw_steps, start=1):
         t_label = f"t = {fmt(raw.get('t'))}" if isinstance(raw, dict) and "t" in raw else "no t"
-        s = Section(name, f"[at] #{k} ({t_label})", raw, errors)
-        s.name = f"[at] #{k} ({t_label})"
+        s = Section(name, "at", raw, errors, label=f"[[at]] #{k} ({t_label}) ")
         t = s.number("t", minval=0.0)
         if isinstance(duration, float) and t == t and t > duration:
             s.key_error("t", f"is after the end of the scenario (duration_s = {fmt(duration)})")

@@ -152,3 +152,9 @@ def test_bad_cli_arguments_give_usage_not_traceback(argv):
     assert run.returncode == 2
     assert "usage: crushcell" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_unknown_top_level_table_is_named():
+    errs = errors_of(lambda d: d.__setitem__("mqqt", {"host": "x"}))
+    assert errs == ["config/cell.toml: unknown key 'mqqt' (likely a typo; known keys here: cell, inputs, "
+                    "mqtt, outputs, sensors, thresholds, timers, voting, watchdog)"]

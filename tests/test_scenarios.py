@@ -1,0 +1,182 @@
+"""Shipped scenarios end to end on the simulated cell, and the scenario format's errors."""
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from controller import config, scenario
+from controller.names import OUTPUTS
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ROOT / "config" / "scenarios"
+CONFIG = config.load(ROOT / "config" / "cell.toml")
+
+
+def run(name: str) -> list[dict]:
+    out = io.StringIO()
+    scenario.simulate(scenario.load(SCENARIOS / name), CONFIG, out)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def states(log):
+    return [(e["from"], e["to"], e["cause"]) for e in log if e["type"] == "state"]
+
+
+def check_log_shape(log):
+    """Every log: starts with state + outputs, ends with end, time never goes back, and the crusher
+    is never on outside RUNNING/STOPPING."""
+    assert log[0] == {"t": 0.0, "type": "state", "from": None, "to": "BOOT", "cause": "start"}
+    assert log[1]["type"] == "outputs" and set(log[1]["outputs"]) == set(OUTPUTS)
+    assert log[-1]["type"] == "end"
+    times = [e["t"] for e in log]
+    assert times == sorted(times)
+    state = "BOOT"
+    for e in log:
+        if e["type"] == "state":
+            state = e["to"]
+        if e["type"] == "outputs" and state not in ("RUNNING", "STOPPING"):
+            assert not e["outputs"]["crusher"] and not e["outputs"]["feed"], e
+
+
+def test_normal_shift_purges_runs_trips_and_recovers():
+    log = run("normal_shift.toml")
+    check_log_shape(log)
+    seq = [to for _f, to, _c in states(log)]
+    assert seq[:5] == ["BOOT", "IDLE", "PURGING", "READY", "RUNNING"]
+    assert "TRIPPED" in seq
+    after_trip = seq[seq.index("TRIPPED"):]
+    assert after_trip[:3] == ["TRIPPED", "PURGING", "READY"]   # reset re-inerts, never restarts crushing
+    assert "RUNNING" in after_trip
+    assert log[-1]["state"] == "IDLE" and log[-1]["causes"] == []
+
+
+def test_thermal_runaway_trips_on_the_rise_first():
+    log = run("thermal_runaway.toml")
+    check_log_shape(log)
+    trips = [e for e in log if e["type"] == "trip"]
+    assert trips[0]["causes"] == ["temp_rise"]
+    assert trips[0]["t"] < 420.0   # within 20 s of the event at t = 400
+    end = log[-1]
+    assert end["state"] == "TRIPPED"
+    assert {"temp_rise", "temp_material_high", "co_high"} <= set(end["causes"])
+    assert end["outputs"] == {"crusher": False, "feed": False, "n2_purge": True, "n2_boost": True,
+                              "exhaust": False, "vent": True, "alarm": True}
+
+
+def test_air_ingress_stops_crushing_before_o2_trips():
+    log = run("air_ingress.toml")
+    check_log_shape(log)
+    assert ("RUNNING", "STOPPING", "controlled_stop:warning:o2") in states(log)
+    assert not [e for e in log if e["type"] == "trip"]
+    assert ("READY", "PURGING", "permissive_lost") in states(log)
+    assert log[-1]["state"] == "READY"   # after the repair the cell holds inert again
+
+
+def test_one_o2_sensor_lost_stops_and_blocks_start():
+    log = run("o2_sensor_lost.toml")
+    check_log_shape(log)
+    assert ("RUNNING", "STOPPING", "controlled_stop:o2_vote_degraded") in states(log)
+    refused = [e for e in log if e["type"] == "command" and e["t"] == 400.0]
+    assert refused and not refused[0]["accepted"] and "O2" in refused[0]["reason"]
+    assert {"t": 300.0, "type": "sensor", "name": "o2_a", "quality": "fault:disconnect"} in log
+    assert log[-1]["state"] == "READY"
+
+
+def test_two_o2_sensors_lost_trip():
+    log = run("two_o2_sensors_lost.toml")
+    check_log_shape(log)
+    assert log[-1]["state"] == "TRIPPED" and log[-1]["causes"] == ["o2_vote_lost"]
+
+
+def test_estop_trips_and_reset_needs_release():
+    log = run("estop.toml")
+    check_log_shape(log)
+    resets = [e for e in log if e["type"] == "command" and e["action"] == "reset"]
+    assert not resets[0]["accepted"] and "estop" in resets[0]["reason"]
+    assert resets[1]["accepted"]
+    assert ("TRIPPED", "PURGING", "command:reset") in states(log)
+    assert log[-1]["state"] == "RUNNING"
+
+
+def test_welded_contactor_trips_and_stays_tripped():
+    log = run("welded_contactor.toml")
+    check_log_shape(log)
+    assert log[-1]["state"] == "TRIPPED" and log[-1]["causes"] == ["output_feedback:crusher"]
+    reset = [e for e in log if e["type"] == "command" and e["action"] == "reset"][0]
+    assert not reset["accepted"]
+
+
+def test_same_seed_same_log():
+    assert run("thermal_runaway.toml") == run("thermal_runaway.toml")
+
+
+# --- the format's errors --------------------------------------------------------------------
+def errors(text: str, tmp_path: Path) -> list[str]:
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(scenario.ScenarioError) as info:
+        scenario.load(p)
+    return [e.replace(str(p), "bad.toml") for e in info.value.errors]
+
+
+HEAD = 'name = "x"\nduration_s = 100\n'
+
+
+@pytest.mark.parametrize("body, expected", [
+    ('[[at]]\nt = 1\ncommand = "launch"\n',
+     'bad.toml: [[at]] #1 (t = 1) command = "launch" must be one of "purge", "start", "stop", "shutdown", '
+     '"reset", "ack"'),
+    ('[[at]]\nt = 1\nevent = "earthquake"\n',
+     'bad.toml: [[at]] #1 (t = 1) event = "earthquake" must be one of'),
+    ('[[at]]\nt = 1\nfault = "o2_d"\nmode = "disconnect"\n',
+     'bad.toml: [[at]] #1 (t = 1) fault = "o2_d" must be one of'),
+    ('[[at]]\nt = 1\nfault = "o2_a"\nmode = "melt"\n',
+     'bad.toml: [[at]] #1 (t = 1) mode = "melt" must be one of "disconnect"'),
+    ('[[at]]\nt = 1\nfault = "crusher"\nmode = "stuck"\n',
+     'bad.toml: [[at]] #1 (t = 1) mode = "stuck" must be one of "welded", "clear"'),
+    ('[[at]]\nt = 1\ncommand = "start"\nevent = "estop"\n',
+     "bad.toml: [[at]] #1 (t = 1) needs exactly one of command, event, fault, force (has command, event)"),
+    ('[[at]]\nt = 1\ncommand = "start"\nsorce = "remote"\n',
+     "bad.toml: [[at]] #1 (t = 1) unknown key 'sorce'"),
+    ('[[at]]\nt = 500\ncommand = "start"\n',
+     "bad.toml: [[at]] #1 (t = 500) t = 500 is after the end of the scenario (duration_s = 100.0)"),
+    ('[[at]]\nt = 1\nforce = "temp_gas"\nvalue = "hot"\n',
+     'bad.toml: [[at]] #1 (t = 1) value = "hot" must be a number'),
+    ('colour = "red"\n', "bad.toml: unknown key 'colour'"),
+])
+def test_scenario_errors_name_the_problem(body, expected, tmp_path):
+    errs = errors(HEAD + body, tmp_path)
+    assert any(e.startswith(expected) for e in errs), errs
+
+
+def test_force_release_is_accepted(tmp_path):
+    p = tmp_path / "ok.toml"
+    p.write_text(HEAD + '[[at]]\nt = 1\nforce = "temp_gas"\nvalue = 95.0\n'
+                 '[[at]]\nt = 2\nforce = "temp_gas"\nvalue = "release"\n')
+    sc = scenario.load(p)
+    assert [(s.kind, s.name, s.arg) for s in sc.steps] == [("force", "temp_gas", 95.0),
+                                                           ("force", "temp_gas", None)]
+
+
+def test_simulate_cli_bad_scenario_exit_2(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text(HEAD + '[[at]]\nt = 1\nevent = "earthquake"\n')
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "simulate", str(p)], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 2
+    assert 'event = "earthquake" must be one of' in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_simulate_cli_writes_events_file(tmp_path):
+    events = tmp_path / "events.jsonl"
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "simulate",
+                          str(SCENARIOS / "welded_contactor.toml"), "--events", str(events)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    assert lines[-1]["type"] == "end" and lines[-1]["state"] == "TRIPPED"
