@@ -80,9 +80,9 @@ def parse(payload: bytes, *, retained: bool, max_bytes: int) -> Command | Refusa
 class RateLimit:
     """Token bucket: `rate` per second on average, bursts of up to max(1, rate). Clock passed in."""
 
-    def __init__(self, rate: float, now: float):
+    def __init__(self, rate: float, now: float, burst: float | None = None):
         self.rate = rate
-        self.burst = max(1.0, rate)
+        self.burst = max(1.0, rate) if burst is None else burst
         self.tokens = self.burst
         self.last = now
 

@@ -38,7 +38,8 @@ log = logging.getLogger("crushcell.link")
 
 TICK_S = 0.02            # the worker's longest sleep: bounds reply latency when nothing wakes it
 REPLY_QUEUE_MAX = 256    # replies waiting to be published; beyond it they are dropped (counted)
-AUDIT_RATE_PER_S = 5.0   # link-refused commands written to the event log, at most this often
+AUDIT_RATE_PER_S = 5.0   # link-refused commands written to the event log: this rate on average,
+AUDIT_BURST = 50         # bursts up to this; past it they are counted and summarised
 DELETE_BATCH = 500       # acknowledged rows deleted in one transaction...
 DELETE_EVERY_S = 0.2     # ...or at least this often
 PREFETCH = 2000          # outbox rows read at once while draining
@@ -123,7 +124,7 @@ class PlantLink:
         self._birth_due = False
         self._ha_due = False
         self._limit = commands.RateLimit(s.command_rate_per_s, time.monotonic())
-        self._audit_limit = commands.RateLimit(AUDIT_RATE_PER_S, time.monotonic())
+        self._audit_limit = commands.RateLimit(AUDIT_RATE_PER_S, time.monotonic(), burst=AUDIT_BURST)
         self._audit_suppressed = 0
         self.counters = collections.Counter()
         self._last_refusal_log = 0.0
@@ -245,6 +246,16 @@ class PlantLink:
             return
         self.counters["commands_submitted"] += 1
 
+    def _audit_summary(self) -> None:
+        """A flood of refused commands left some out of the event log: say how many (worker)."""
+        if self._audit_suppressed and self._audit_limit.allow(time.monotonic()):
+            n, self._audit_suppressed = self._audit_suppressed, 0
+            snap = self.loop.latest
+            self.offer_event({"t": snap.t if snap is not None else None, "type": "command", "action": None,
+                              "source": "remote", "accepted": False, "id": None, "by": None, "stage": "link",
+                              "reason": f"{n} more refused commands not logged one by one (flood)",
+                              "suppressed": n})
+
     def _refuse(self, r: commands.Refusal) -> None:
         self.counters["commands_refused"] += 1
         state = self._status_last["state"] if self._status_last else None
@@ -279,6 +290,7 @@ class PlantLink:
             self.counters["worker_crashed"] += 1
 
     def _step(self) -> None:
+        self._audit_summary()
         self._store_offered()
         self._process_acks()
         now = self.clock()
