@@ -110,7 +110,7 @@ class Pump(threading.Thread):
     """Moves events out of the scan thread: to the event file, stderr (journal) and the link."""
 
     def __init__(self, loop: Any, *, events_file: Any, show_status: bool, link: Any = None,
-                 period_s: float = 0.05):
+                 period_s: float = 0.25):
         super().__init__(name="crushcell-pump", daemon=True)
         self.loop = loop
         self.events_file = events_file
@@ -121,9 +121,12 @@ class Pump(threading.Thread):
         self.last_status = 0.0
 
     def run(self) -> None:
+        wake = self.loop.wake
         while not self.done.is_set():
+            # Woken by the scan loop as soon as events wait; otherwise every period for the status line.
+            wake.wait(self.period_s)
+            wake.clear()
             self.flush()
-            time.sleep(self.period_s)
         self.flush()
 
     def flush(self) -> None:
@@ -229,6 +232,7 @@ def serve(args: argparse.Namespace, config: Any, io: Any, scenario: Any = None) 
         finally:
             loop.events.append(sc.end_record(loop))
             pump.done.set()
+            loop.wake.set()
             pump.join(timeout=5)
             if link is not None:
                 link.close()

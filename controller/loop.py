@@ -11,6 +11,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ class ScanLoop:
         self.last_scan_s = 0.0          # cost of the last scan (s), for the status line
         self._pending: list[tuple[str, str, Reply | None]] = []
         self.lateness_s: list[float] | None = None   # benchmarks: scan start minus its slot
+        self.wake = threading.Event()   # set when events wait: the pump need not poll
 
     # -- called from any thread ----------------------------------------------------------------
     def submit(self, action: str, source: str, reply: Reply | None = None) -> bool:
@@ -143,6 +145,7 @@ class ScanLoop:
             while len(ev) > EVENT_QUEUE_MAX:
                 ev.popleft()
                 self.events_dropped += 1
+            self.wake.set()
         healthy = self.write_ok and self.overruns == 0
         if healthy:
             io.heartbeat()   # the external watchdog relay drops the outputs when this stops
