@@ -281,7 +281,9 @@ def _start_link(args: argparse.Namespace, config: Any, loop: Any) -> Any:
         return None
     try:
         from controller.link.mqtt import LinkConfigError, OutboxError, PlantLink
-    except ImportError:
+    except ImportError as exc:
+        # Safety does not need the link, so the cell still runs, but say so loudly.
+        print(f"crushcell: WARNING: running without the MQTT plant link: {exc}", file=sys.stderr)
         return None
     try:
         link = PlantLink(config, loop, broker=args.broker, state_dir=args.state_dir)
