@@ -151,6 +151,7 @@ ALARMS = (
 ) + tuple(("sensor_fault:" + s, "fault", OPERATING | _mask(TRIPPED)) for s in SENSORS)
 _A = {a[0]: i for i, a in enumerate(ALARMS)}
 ALARM_MASKS = tuple(a[2] for a in ALARMS)
+ALARM_OFF_DELAY_MS = 2000   # an alarm clears only after its condition has been gone this long
 NO_ALARMS = [False] * len(ALARMS)
 A_O2, A_O2_DEVIATION, A_O2_DEGRADED = _A["o2"], _A["o2_deviation"], _A["o2_vote_degraded"]
 A_DP, A_TEMP_RISE, A_N2, A_RTO = _A["dp_cell"], _A["temp_rise"], _A["n2_supply"], _A["rto_not_ready"]
@@ -277,6 +278,8 @@ class Core:
         self.stop_reason = None
         self.changed = []
         self.alarm_now = [False] * len(ALARMS)
+        self.alarm_clear_since = [None] * len(ALARMS)
+        self.clear_pending = 0
         self.command_source = "local"
 
     # -- public helpers ---------------------------------------------------------------------
@@ -488,12 +491,22 @@ class Core:
     # -- pieces of the scan ---------------------------------------------------------------------
     def _update_alarms(self, alarm, sbit):
         act = self.alarm_active
-        if alarm == act:
+        if alarm == act and not self.clear_pending:
             return   # the usual scan: nothing changed
         masks = ALARM_MASKS
         changed = False
+        clear_since = self.alarm_clear_since
+        pending = 0
         for k in range(len(act)):
             on = alarm[k] and (masks[k] & sbit) != 0
+            if act[k] and not on and masks[k] & sbit:
+                # Off-delay: a reading dithering at its limit must not make the alarm chatter.
+                if clear_since[k] is None:
+                    clear_since[k] = self.now
+                if self.now - clear_since[k] < ALARM_OFF_DELAY_MS:
+                    pending += 1
+                    continue
+            clear_since[k] = None
             if on != act[k]:
                 changed = True
                 act[k] = on
@@ -501,6 +514,7 @@ class Core:
                     self.alarm_acked[k] = False
                 self.events.append({"t": self.now / 1000.0, "type": "alarm", "name": ALARMS[k][0],
                                     "active": on, "severity": ALARMS[k][1]})
+        self.clear_pending = pending
         if changed:
             self._alarm_summary()
 

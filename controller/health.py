@@ -102,20 +102,25 @@ class SensorHealth:
 
 
 class RiseDetector:
-    """Rate of rise over a window, from a ring of samples taken every window/slots.
+    """Rate of rise over a window, from the means of equal time slots.
 
-    Why a ring of a few slots: a fixed window without allocating per scan, and noise averaged
-    over the window instead of differentiated scan to scan.
+    Why slot means: a rate from two single samples multiplies the sensor noise (a thermocouple's
+    0.2 K of noise over 30 s already reads as 0.5 K/min); averaging each slot first keeps the rate
+    honest without allocating per scan. The rate is the newest complete slot's mean minus the
+    oldest's, over the window; it is refreshed once per slot (window / 10).
     """
 
     def __init__(self, window_ms, per_s, slots=10):
-        self.slots = slots
+        self.slots = slots + 1                  # slots + 1 means span exactly `slots` periods
         self.period = max(1, window_ms // slots)
         self.window_s = (self.period * slots) / 1000.0
-        self.scale = per_s / self.window_s   # converts a rise over the window to units per `per_s`
-        self.ring = [0.0] * slots
+        self.scale = per_s / self.window_s      # a rise over the window in units per `per_s`
+        self.ring = [0.0] * self.slots
         self.idx = 0
+        self.filled = 0
         self.next_t = 0
+        self.acc = 0.0
+        self.count = 0
         self.valid = False
         self.rate = 0.0
 
@@ -126,19 +131,31 @@ class RiseDetector:
             self.rate = 0.0
             return 0.0
         if not self.valid:
-            ring = self.ring
-            for k in range(self.slots):
-                ring[k] = v
             self.valid = True
+            self.filled = 0
+            self.acc = 0.0
+            self.count = 0
             self.next_t = now + self.period
-            self.rate = 0.0
-            return 0.0
+        self.acc += v
+        self.count += 1
         if now >= self.next_t:
-            self.ring[self.idx] = v
+            ring = self.ring
+            ring[self.idx] = self.acc / self.count
             self.idx = (self.idx + 1) % self.slots
+            if self.filled < self.slots:
+                self.filled += 1
+            self.acc = 0.0
+            self.count = 0
             self.next_t += self.period
-            if now >= self.next_t:  # after a long gap, do not try to catch up slot by slot
+            if now >= self.next_t:   # after a long gap, do not try to catch up slot by slot
                 self.next_t = now + self.period
-        # ring[idx] is the oldest sample: about one window ago.
-        self.rate = (v - self.ring[self.idx]) * self.scale
+            if self.filled == self.slots:
+                # ring[idx] is now the oldest slot; the newest is just behind it.
+                newest = ring[self.idx - 1]
+                self.rate = (newest - ring[self.idx]) * self.scale
+            elif self.filled >= 2:
+                # Not a full window yet: the rise so far, over the full window (never overstates).
+                newest = ring[self.idx - 1]
+                oldest = ring[(self.idx - self.filled) % self.slots]
+                self.rate = (newest - oldest) * self.scale
         return self.rate

@@ -459,7 +459,7 @@ def test_trip_co_rise():
     assert b.core.state_name != "TRIPPED", b.core.causes()
     b = bench()
     b.to_state("RUNNING")
-    _ramp(b, "co_cell", 12.0, 60)   # 120 ppm/s
+    _ramp(b, "co_cell", 12.0, 75)   # 120 ppm/s (stops at the trip)
     assert_tripped_safe(b, "co_rise")
     assert b.values["co_cell"] < 1000.0   # the rise, not the level, tripped
 
@@ -471,7 +471,7 @@ def test_trip_temp_rise():
     assert b.core.state_name == "READY", b.core.causes()
     b = bench()
     b.to_state("RUNNING")
-    _ramp(b, "temp_material", 0.2, 50)   # 120 K/min
+    _ramp(b, "temp_material", 0.2, 150)   # 120 K/min (stops at the trip)
     assert_tripped_safe(b, "temp_rise")
     assert b.values["temp_material"] < 80.0
 
@@ -691,3 +691,31 @@ def test_table_checker_finds_dead_ends_and_unreachable_states():
     problems = check_table(broken)
     assert "state RUNNING has no way out" in problems
     assert "state STOPPING is unreachable from BOOT" in problems
+
+
+def test_alarm_does_not_chatter_at_its_limit():
+    b = bench()
+    b.to_state("READY")
+    for k in range(60):   # 6 s dithering around the H2 warning (1.0 vol %)
+        b.values["h2_cell"] = 1.02 if k % 3 else 0.98
+        b.scan()
+    on = [e for e in b.core.events if e["type"] == "alarm" and e["name"] == "h2_cell"]
+    assert [e["active"] for e in on] == [True]
+    b.values["h2_cell"] = 0.05
+    b.run(1.5)
+    assert b.core.alarm_active[1]   # still inside the off-delay
+    b.run(1)
+    assert not b.core.alarm_active[1]
+
+
+def test_noisy_temperature_gives_no_rise_alarm():
+    b = bench()
+    b.values["temp_material"] = 30.0
+    b.to_state("READY")
+    seed = 12345
+    for _ in range(3000):   # 5 minutes of +-1 K noise on a steady 30 C
+        seed = (seed * 1103515245 + 12345) % 2147483648
+        b.values["temp_material"] = 30.0 + (seed / 2147483648.0 - 0.5) * 2.0
+        b.scan()
+    assert not [e for e in b.core.events if e["type"] == "alarm" and e["name"] == "temp_rise"]
+    assert b.core.state_name == "READY"
