@@ -24,7 +24,7 @@ EVENT_QUEUE_MAX = 100_000   # events waiting for the pump; past it the oldest ar
 COMMAND_QUEUE_MAX = 1_000   # commands waiting for a scan; past it new ones are refused
 
 
-@dataclass
+@dataclass(slots=True)
 class Snapshot:
     """What the plant link and the console need of one scan (copied, so threads never share)."""
 
@@ -172,8 +172,10 @@ class ScanLoop:
         return Snapshot(
             t=core.now / 1000.0, state=core.state_name, since=core.state_since / 1000.0,
             values=list(h.value), quality=list(h.quality), voted_o2=core.voted_o2,
-            inputs=list(core.inputs), outputs=list(core.outputs), causes=core.causes(),
-            alarms=core.active_alarms(), scans=self.scans, overruns_total=self.overruns_total,
+            inputs=list(core.inputs), outputs=list(core.outputs),
+            causes=core.causes() if core.latched else [],
+            alarms=core.active_alarms() if any(core.alarm_active) else [],
+            scans=self.scans, overruns_total=self.overruns_total,
         )
 
     # -- simulated time -------------------------------------------------------------------------
