@@ -143,7 +143,7 @@ def scan_cost(port: int, folder: Path, scans: int = 1500) -> dict:
         config = _config(port, telemetry_period_s=0.1)
         loop = ScanLoop(config, SimulatedCell(config, seed=1))
         link = PlantLink(config, loop, state_dir=str(folder / f"scan-{with_link}")) if with_link else None
-        pump = Pump(loop, events_file=None, show_status=False, link=link)
+        pump = Pump(loop, events_file=None, show_status=False, link=link, echo=False)
         if link:
             link.start()
         pump.start()

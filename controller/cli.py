@@ -110,13 +110,14 @@ class Pump(threading.Thread):
     """Moves events out of the scan thread: to the event file, stderr (journal) and the link."""
 
     def __init__(self, loop: Any, *, events_file: Any, show_status: bool, link: Any = None,
-                 period_s: float = 0.25):
+                 period_s: float = 0.25, echo: bool = True):
         super().__init__(name="crushcell-pump", daemon=True)
         self.loop = loop
         self.events_file = events_file
         self.show_status = show_status
         self.link = link
         self.period_s = period_s
+        self.echo = echo   # log events to stderr (the journal under systemd)
         self.done = threading.Event()
         self.last_status = 0.0
 
@@ -135,7 +136,7 @@ class Pump(threading.Thread):
         if events:
             if self.events_file is not None:
                 self.events_file.write(events)
-            for e in events:
+            for e in events if self.echo else ():
                 if e["type"] in LOGGED_EVENTS:
                     self._print(json.dumps(e, separators=(",", ":"), default=str), sys.stderr)
             if self.link is not None:
