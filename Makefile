@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SPEED  ?= 10
 
-.PHONY: run test test-fast micropython-test lint bench mutation clean mosquitto
+.PHONY: run test test-fast micropython-test lint bench mutation docs clean mosquitto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,15 @@ lint: $(STAMP)
 bench: $(STAMP) mosquitto
 	$(PY) -m bench
 
+## mutation: mutmut 3 on the safety core (controller/core.py, health.py); see [tool.mutmut] in pyproject
 mutation: $(STAMP)
-	$(VENV)/bin/mutmut run
+	$(VENV)/bin/mutmut run --max-children $$(nproc)
+	$(VENV)/bin/mutmut results > mutants/results.txt || true
+	$(PY) tools/mutation_score.py
+
+## docs: regenerate the cause-and-effect matrix embedded in docs/safety.md
+docs: $(STAMP)
+	$(PY) -c "from controller import causeeffect as c; c.update_doc('docs/safety.md', 'config/cell.toml')"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache mutants

@@ -284,6 +284,15 @@ def _start_link(args: argparse.Namespace, config: Any, loop: Any) -> Any:
     return link
 
 
+# -- cause-effect ------------------------------------------------------------------------------
+def cmd_cause_effect(args: argparse.Namespace) -> int:
+    from controller import causeeffect
+
+    config = _load_config(args.config)
+    sys.stdout.write(causeeffect.render(config, args.format))
+    return EXIT_OK
+
+
 # -- probe -------------------------------------------------------------------------------------
 def cmd_probe(argv: list[str]) -> int:
     try:
@@ -329,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check-config", help="validate a plant configuration")
     chk.add_argument("path", nargs="?", default=DEFAULT_CONFIG, metavar="PATH")
     chk.set_defaults(func=cmd_check_config)
+
+    ce = sub.add_parser("cause-effect", help="print the cause-and-effect matrix (config and core tables)")
+    ce.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help="plant configuration")
+    ce.add_argument("--format", choices=("md", "csv", "html"), default="md",
+                    help="output format (default: md)")
+    ce.set_defaults(func=cmd_cause_effect)
 
     sub.add_parser("probe", help="commissioning: check every device and wire (hardware)",
                    add_help=False)
