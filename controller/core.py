@@ -396,6 +396,7 @@ class Core:
                 self.last_active[i] = self.now   # the reset hold counts from this start
         self.restored_trip_acked = bool(trip_acked) and bool(self.latched)
         self.restored_acks = [_A[n] for n in acked_alarms if n in _A]
+        self.persist_gen += 1
 
     def set_calibration(self, due=(), overdue=()):
         """Sensors whose bump test or calibration is due, and those overdue beyond the grace.
