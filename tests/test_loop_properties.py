@@ -103,7 +103,8 @@ class LoopMachine(RuleBasedStateMachine):
         if any(e["type"] == "trip" for e in events):
             assert not model.crusher_cmd and not model.feed_on, ("trip left crusher/feed on", events)
         if before == "TRIPPED" and after != "TRIPPED":
-            resets = [e for e in events if e["type"] == "command" and e["action"] == "reset" and e["accepted"]]
+    @rule(output=st.sampled_from(OUTPUTS + ("crusher", "crusher")),
+          mode=st.sampled_from(("welded", "clear")))
             assert resets, ("left TRIPPED without an accepted reset", events)
             assert after == "PURGING"
 
