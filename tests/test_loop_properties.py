@@ -103,8 +103,8 @@ class LoopMachine(RuleBasedStateMachine):
         if any(e["type"] == "trip" for e in events):
             assert not model.crusher_cmd and not model.feed_on, ("trip left crusher/feed on", events)
         if before == "TRIPPED" and after != "TRIPPED":
-    @rule(output=st.sampled_from(OUTPUTS + ("crusher", "crusher")),
-          mode=st.sampled_from(("welded", "clear")))
+            resets = [e for e in events
+                      if e["type"] == "command" and e["action"] == "reset" and e["accepted"]]
             assert resets, ("left TRIPPED without an accepted reset", events)
             assert after == "PURGING"
 
@@ -140,7 +140,8 @@ class LoopMachine(RuleBasedStateMachine):
         self.loop.io.inject_fault(sensor, mode)
         self.scan()
 
-    @rule(output=st.sampled_from(OUTPUTS + ("crusher", "crusher")), mode=st.sampled_from(("welded", "clear")))
+    @rule(output=st.sampled_from(OUTPUTS + ("crusher", "crusher")),
+          mode=st.sampled_from(("welded", "clear")))
     def output_fault(self, output, mode):
         self.loop.io.inject_fault(output, mode)
         self.scan()
