@@ -1,0 +1,541 @@
+"""Exact tests of the core's smaller pieces, added where mutation testing found gaps.
+
+Each test pins a message, a boundary or a bookkeeping detail that the rule tests in test_core.py
+pass over: the table checker's every problem, the guard reasons, restore and acknowledgement,
+calibration data, the order of controlled-stop reasons. Plain asserts (CPython).
+"""
+
+from corekit import QUIET, Bench, params
+
+from controller import core
+from controller.core import (
+    ALARMS,
+    BOOT,
+    CAUSES,
+    IDLE,
+    PURGING,
+    READY,
+    RUNNING,
+    STOPPING,
+    TRANSITIONS,
+    TRIPPED,
+    Core,
+    check_table,
+)
+
+
+def bench(**changes):
+    return Bench(params(**changes))
+
+
+# -- check_table: every kind of problem, exactly ---------------------------------------------------
+def test_check_table_reports_each_problem_exactly():
+    assert check_table(TRANSITIONS) == []
+    no_trip_in_ready = tuple(t for t in TRANSITIONS if not (t[0] == READY and t[1] == "trip"))
+    assert check_table(no_trip_in_ready) == ["state READY cannot trip"]
+    only_boot = ((BOOT, "trip", TRIPPED, None), (TRIPPED, "reset", BOOT, None))
+    problems = check_table(only_boot)
+    assert problems == [
+        "state IDLE is unreachable from BOOT", "state IDLE has no way out", "state IDLE cannot trip",
+        "state PURGING is unreachable from BOOT", "state PURGING has no way out", "state PURGING cannot trip",
+        "state READY is unreachable from BOOT", "state READY has no way out", "state READY cannot trip",
+        "state RUNNING is unreachable from BOOT", "state RUNNING has no way out", "state RUNNING cannot trip",
+        "state STOPPING is unreachable from BOOT", "state STOPPING has no way out",
+        "state STOPPING cannot trip"]
+
+
+def test_check_table_follows_chains_of_any_length():
+    chain = ((BOOT, "a", IDLE, None), (IDLE, "b", PURGING, None), (PURGING, "c", READY, None),
+             (READY, "d", RUNNING, None), (RUNNING, "e", STOPPING, None), (STOPPING, "f", TRIPPED, None),
+             (TRIPPED, "g", BOOT, None))
+    trips = tuple((s, "trip", TRIPPED, None) for s in (IDLE, PURGING, READY, RUNNING, STOPPING))
+    assert check_table(chain + trips) == []
+    reversed_order = tuple(reversed(chain)) + trips   # discovered only over several passes
+    assert check_table(reversed_order) == []
+
+
+# -- guards: each reason, and the order they are tried in ---------------------------------------------
+def ready():
+    b = bench()
+    b.to_state("READY")
+    return b
+
+
+def test_start_reasons_exactly():
+    b = ready()
+    c = b.core
+    c.command_source = "remote"
+    assert c.guard_start() == "remote start needs the remote_enable key switch"
+    c.inputs[5] = True
+    assert c.guard_start() is None
+    c.command_source = "local"
+    c.inputs[5] = False
+    assert c.guard_start() is None
+    c.o2_bad = 1
+    assert c.guard_start() == "O2 vote degraded: all three O2 sensors must be healthy to start"
+    c.o2_bad = 0
+    c.voted_o2 = 1.5
+    assert c.guard_start() == "voted O2 1.5 % is not below start_permissive 1.5 %"
+    c.voted_o2 = 1.49
+    assert c.guard_start() is None
+    c.voted_o2 = float("nan")
+    assert c.guard_start() == "voted O2 nan % is not below start_permissive 1.5 %"
+    c.voted_o2 = 0.5
+    c.alarm_active[ALARMS.index(("hf_room", "warning", ALARMS[6][2]))] = True
+    assert c.guard_start() == "alarm active: hf_room"
+    c.alarm_active = [False] * len(ALARMS)
+    c.inputs[2] = False
+    assert c.guard_start() == "RTO not ready"
+    c.inputs[2] = True
+    c.inputs[3] = True
+    assert c.guard_start() == "crusher feedback already on"
+    c.inputs[3] = False
+    c.calibration_overdue = ("o2_a", "h2_cell")
+    assert c.guard_start() == ("calibration overdue beyond the grace: o2_a, h2_cell (record the bump test "
+                               "or calibration: crushcell calibration record)")
+    c.calibration_overdue = ()
+    assert c.guard_start() is None
+
+
+def test_advisory_alarm_does_not_block_but_the_next_alarm_does():
+    c = ready().core
+    names = [a[0] for a in ALARMS]
+    for k in core.ADVISORY_ALARMS:
+        c.alarm_active[k] = True
+    assert c.guard_start() is None
+    first = names.index("calibration_due:o2_a")
+    assert core.ADVISORY_ALARMS == tuple(range(first, len(ALARMS)))
+    c.alarm_active[first - 1] = True   # the alarm just before them in the table is not advisory
+    assert c.guard_start() == "alarm active: " + ALARMS[first - 1][0]
+
+
+def test_purge_reasons_exactly():
+    b = bench()
+    b.to_state("IDLE")
+    c = b.core
+    c.inputs[0] = False
+    assert c.guard_purge() == "E-stop chain open (estop_ok false)"
+    c.inputs[0] = True
+    c.inputs[1] = False
+    assert c.guard_purge() == "door open (door_closed false)"
+    c.inputs[1] = True
+    assert c.guard_purge() is None
+
+
+def tripped_on_h2():
+    b = bench()
+    b.to_state("RUNNING")
+    b.values["h2_cell"] = 2.5
+    b.scan()
+    b.values["h2_cell"] = QUIET["h2_cell"]
+    return b
+
+
+def test_reset_reasons_and_the_hold_boundary():
+    b = tripped_on_h2()
+    c = b.core
+    c.command_source = "remote"
+    assert c.guard_reset() == ("remote reset not allowed (cell.remote_reset = false): reset at the local "
+                               "panel")
+    c.command_source = "local"
+    assert c.guard_reset() == "causes not clear for 5 s: h2_high"
+    last = c.last_active[CAUSES.index("h2_high")]
+    c.now = last + 4999
+    assert c.guard_reset() == "causes not clear for 5 s: h2_high"
+    c.now = last + 5000
+    assert c.guard_reset() is None
+    c.latched.append(CAUSES.index("estop"))
+    c.last_active[CAUSES.index("estop")] = last + 1000
+    assert c.guard_reset() == "causes not clear for 5 s: estop"
+    c.last_active[CAUSES.index("estop")] = None      # never seen: nothing to wait for
+    assert c.guard_reset() is None
+
+
+def test_remote_reset_allowed_by_config_still_needs_the_hold():
+    b = bench(remote_reset=True)
+    b.to_state("RUNNING")
+    b.values["h2_cell"] = 2.5
+    b.scan()
+    b.values["h2_cell"] = QUIET["h2_cell"]
+    b.core.command_source = "remote"
+    assert b.core.guard_reset() == "causes not clear for 5 s: h2_high"
+
+
+def test_wrong_state_reason_lists_the_states_where_it_applies():
+    b = bench()
+    b.to_state("IDLE")
+    assert b.command("stop") == (False, "'stop' does not apply in IDLE (only in RUNNING)")
+    assert b.command("shutdown") == (False, "'shutdown' does not apply in IDLE (only in PURGING, READY)")
+    assert b.command("reset") == (False, "'reset' does not apply in IDLE (only in TRIPPED)")
+    assert b.command("purge", "elsewhere") == (False, "unknown source 'elsewhere'")
+    assert b.command("launch") == (False, "unknown action 'launch'")
+    ev = b.events("command")[-1]
+    assert ev == {"t": ev["t"], "type": "command", "action": "launch", "source": "local", "accepted": False,
+                  "reason": "unknown action 'launch'"}
+
+
+def test_command_event_carries_the_operator_only_when_given():
+    b = bench()
+    b.to_state("IDLE")
+    b.scan((("purge", "local", "ana"),))
+    ev = b.events("command")[-1]
+    assert ev["by"] == "ana" and ev["accepted"] is True and ev["reason"] == ""
+    b.scan((("shutdown", "remote"),))
+    assert "by" not in b.events("command")[-1]
+    assert b.core.command_results == [(True, "")]
+
+
+# -- restore, acknowledgements, persistence bookkeeping -------------------------------------------------
+def test_restore_latch_counts_the_hold_from_the_restart():
+    c = Core(params(), 7000)
+    gen = c.persist_gen
+    c.restore_latch(["estop", "estop", "bogus", "door_open"])
+    assert c.causes() == ["estop", "door_open"]
+    assert c.last_active[CAUSES.index("estop")] == 7000
+    assert c.persist_gen == gen + 1
+    assert c.restored_trip_acked is False and c.restored_acks == []
+
+
+def test_restore_keeps_acks_only_with_a_latch():
+    c = Core(params(), 0)
+    c.restore_latch([], trip_acked=True, acked_alarms=("h2_cell", "x"))
+    assert c.restored_trip_acked is False
+    assert c.restored_acks == [[a[0] for a in ALARMS].index("h2_cell")]
+    c.restore_latch(["estop"], trip_acked=True)
+    assert c.restored_trip_acked is True
+
+
+def test_restored_trip_acked_stays_silent_and_unacked_sounds():
+    for acked in (True, False):
+        b = bench()
+        b.core.restore_latch(["estop"], trip_acked=acked)
+        b.run(2.5)
+        assert b.core.state_name == "TRIPPED"
+        assert b.core.trip_acked is acked
+        assert b.core.outputs[6] is (not acked)
+
+
+def test_ack_state_and_ack_bookkeeping():
+    b = tripped_on_h2()
+    c = b.core
+    assert c.ack_state() == (False, [])
+    b.values["h2_cell"] = 1.5          # warning: an active, unacknowledged alarm
+    b.scan()
+    gen = c.persist_gen
+    b.scan((("ack", "local"),))
+    assert c.persist_gen > gen
+    assert c.ack_state() == (True, ["h2_cell"])
+    assert c.unacked == 0 and not c.outputs[6]
+    assert c.active_alarms() == [("h2_cell", "warning", True)]
+    assert b.events("command")[-1]["accepted"] is True
+
+
+def test_ack_only_acknowledges_active_alarms():
+    b = tripped_on_h2()
+    c = b.core
+    k = [a[0] for a in ALARMS].index("lel_cell")
+    c.alarm_acked[k] = False   # inactive and unacknowledged: ack leaves it alone
+    b.scan((("ack", "local"),))
+    assert c.alarm_acked[k] is False
+
+
+def test_set_calibration_keeps_known_sensors_in_order():
+    c = Core(params(), 0)
+    c.set_calibration(("co_cell", "temp_gas", "o2_a"), ("temp_gas", "lel_rto"))
+    names = [a[0] for a in ALARMS]
+    assert c.calibration_due == (names.index("calibration_due:co_cell"), names.index("calibration_due:o2_a"))
+    assert c.calibration_overdue == ("lel_rto",)
+    c.set_calibration()
+    assert c.calibration_due == () and c.calibration_overdue == ()
+
+
+def test_persist_gen_moves_on_state_change_trip_and_alarm():
+    b = bench()
+    g0 = b.core.persist_gen
+    b.run(2.5)
+    g1 = b.core.persist_gen
+    assert g1 > g0                    # BOOT -> IDLE
+    b.values["h2_cell"] = 1.5
+    b.scan()
+    assert b.core.persist_gen > g1    # an alarm appeared
+
+
+# -- controlled stops: the order of the reasons ------------------------------------------------------
+def running():
+    b = bench()
+    b.to_state("RUNNING")
+    return b
+
+
+def test_stop_reason_order_follows_the_table():
+    reasons = [r for r, _k in core.STOP_ALARMS]
+    assert reasons == ["lel_rto_warning", "o2_vote_degraded", "n2_supply_low", "rto_not_ready"]
+    c = running().core
+    names = [a[0] for a in ALARMS]
+    for alarm, reason in (("rto_not_ready", "rto_not_ready"), ("n2_supply", "n2_supply_low"),
+                          ("o2_vote_degraded", "o2_vote_degraded"), ("lel_rto", "lel_rto_warning")):
+        c.alarm_active[names.index(alarm)] = True
+        assert c._stop_reason(c.now) == reason
+    c.alarm_active = [False] * len(ALARMS)
+    c.alarm_active[names.index("o2_deviation")] = True
+    assert c._stop_reason(c.now) is None
+
+
+def test_held_warning_boundary_and_name():
+    c = running().core
+    names = [a[0] for a in ALARMS]
+    c.alarm_active[names.index("temp_gas")] = True
+    c.warn_since = c.now - 4999
+    assert c._stop_reason(c.now) is None
+    c.warn_since = c.now - 5000
+    assert c._stop_reason(c.now) == "warning:temp_gas"
+    c.alarm_active[names.index("temp_gas")] = False
+    c.alarm_active[names.index("rto_not_ready")] = True
+    assert c._stop_reason(c.now) == "rto_not_ready"   # no held warning active: the table decides
+
+
+def test_each_controlled_stop_in_a_running_cell():
+    for change, reason in (
+            (lambda b: b.values.update(lel_rto=21.0), "lel_rto_warning"),
+            (lambda b: b.faults.update(o2_c="crc"), "o2_vote_degraded"),
+            (lambda b: b.values.update(n2_supply=3.5), "n2_supply_low"),
+            (lambda b: b.inputs.update(rto_ready=False), "rto_not_ready")):
+        b = running()
+        change(b)
+        b.scan()
+        assert b.core.state_name == "STOPPING", reason
+        assert b.events("state")[-1]["cause"] == "controlled_stop:" + reason
+
+
+def test_stopping_and_ready_ignore_stop_reasons():
+    b = running()
+    b.command("stop")
+    b.inputs["rto_ready"] = False
+    b.run(1)
+    assert b.core.state_name == "STOPPING"
+
+
+# -- outputs and events -------------------------------------------------------------------------------
+def test_output_table_for_every_state_feedback_and_horn():
+    c = Core(params(), 0)
+    safe = tuple(bool(x) for x in params()["safe"])
+    t = c.output_table
+    assert t[BOOT][0][0] == safe and t[BOOT][1][0] == safe
+    assert t[TRIPPED][0][1] == safe[:6] + (True,)
+    assert t[IDLE][0][0] == (False, False, False, False, True, False, False)
+    assert t[IDLE][1][1] == (False, False, False, False, True, False, True)
+    assert t[PURGING][0][0] == (False, False, True, True, True, False, False)
+    assert t[READY][0][0] == (False, False, True, False, True, False, False)
+    assert t[RUNNING][0][0] == (True, False, True, False, True, False, False)
+    assert t[RUNNING][1][0] == (True, True, True, False, True, False, False)
+    assert t[STOPPING][1][1] == (True, False, True, True, True, False, True)
+
+
+def test_outputs_event_only_on_change_and_exact():
+    b = bench()
+    b.run(1)
+    assert b.events("outputs") == []       # BOOT starts in the safe states: nothing changed
+    b.run(1.5)
+    first = b.events("outputs")
+    assert len(first) == 1 and first[0]["outputs"] == {
+        "crusher": False, "feed": False, "n2_purge": False, "n2_boost": False, "exhaust": True, "vent": False,
+        "alarm": False}
+    b.run(1)
+    assert len(b.events("outputs")) == 1
+
+
+def test_alarm_events_exact_and_once():
+    b = bench()
+    b.to_state("IDLE")
+    b.values["hf_room"] = 0.6
+    b.scan()
+    b.scan()
+    ev = [e for e in b.events("alarm") if e["name"] == "hf_room"]
+    assert ev == [{"t": ev[0]["t"], "type": "alarm", "name": "hf_room", "active": True,
+                   "severity": "warning"}]
+    assert b.core.unacked == 1 and b.core.outputs[6]
+    b.values["hf_room"] = QUIET["hf_room"]
+    b.scan()
+    ev = [e for e in b.events("alarm") if e["name"] == "hf_room"]
+    assert ev[-1]["active"] is False and b.core.unacked == 0 and not b.core.outputs[6]
+
+
+def test_trip_event_and_state_event_exact():
+    b = running()
+    b.values["hf_room"] = 3.5
+    b.scan()
+    trips = b.events("trip")
+    assert trips == [{"t": trips[0]["t"], "type": "trip", "causes": ["hf_high"]}]
+    st = b.events("state")[-1]
+    assert st == {"t": st["t"], "type": "state", "from": "RUNNING", "to": "TRIPPED", "cause": "trip:hf_high"}
+
+
+def test_new_hazard_in_tripped_joins_the_latch_once_with_an_event():
+    b = tripped_on_h2()
+    b.scan((("ack", "local"),))
+    assert b.core.trip_acked
+    b.values["lel_cell"] = 60.0
+    b.scan()
+    b.scan()
+    joined = [e for e in b.events("trip") if e["causes"] == ["lel_high"]]
+    assert len(joined) == 1
+    assert b.core.causes() == ["h2_high", "lel_high"]
+    assert not b.core.trip_acked and b.core.outputs[6]
+
+
+def test_in_tripped_a_cause_that_would_not_trip_purging_does_not_join():
+    b = tripped_on_h2()
+    for k in ("o2_a", "o2_b", "o2_c"):
+        b.values[k] = 3.0          # o2_high trips RUNNING/STOPPING only
+    b.run(1)
+    assert b.core.causes() == ["h2_high"]
+
+
+def test_voted_o2_is_the_median_and_the_worst_of_two():
+    b = bench()
+    b.values.update(o2_a=0.5, o2_b=0.9, o2_c=0.7)
+    b.run(3)
+    assert abs(b.core.voted_o2 - 0.7) < 0.02
+    b.faults["o2_b"] = "crc"
+    b.scan()
+    assert abs(b.core.voted_o2 - 0.7) < 0.02   # higher of a and c
+    b.faults["o2_c"] = "crc"
+    b.scan()
+    assert b.core.voted_o2 != b.core.voted_o2   # vote lost: NaN
+
+
+def test_deviation_alarm_boundary():
+    names = [a[0] for a in ALARMS]
+    k = names.index("o2_deviation")
+    b = bench()
+    b.values.update(o2_a=0.5, o2_b=0.5, o2_c=0.95)   # 0.45 from the mean of its peers, within 0.5
+    b.run(3)
+    assert not b.core.alarm_active[k]
+    b.values.update(o2_c=1.15)                          # 0.65 away
+    b.scan()
+    assert b.core.alarm_active[k]
+    b.values.update(o2_a=0.5, o2_b=1.15, o2_c=0.5)       # b alone away
+    b.scan()
+    assert b.core.alarm_active[k]
+    b.values.update(o2_a=1.15, o2_b=0.5, o2_c=0.5)       # a alone away
+    b.scan()
+    assert b.core.alarm_active[k]
+
+
+def test_dp_band_alarm_both_sides():
+    names = [a[0] for a in ALARMS]
+    k = names.index("dp_cell")
+    b = bench()
+    b.to_state("IDLE")
+    for v, on in ((-80.0, False), (-160.0, True), (-140.0, False), (-15.0, True), (-25.0, False)):
+        b.values["dp_cell"] = v
+        b.scan()
+        assert b.core.alarm_active[k] is on, v
+
+
+def test_n2_low_low_trips_only_with_o2_high_or_vote_lost():
+    b = bench()
+    b.to_state("PURGING")
+    b.values["n2_supply"] = 2.0
+    b.scan()
+    assert b.core.state_name == "PURGING"
+    b.values.update(o2_a=2.1, o2_b=2.1, o2_c=2.1)
+    b.scan()
+    assert "n2_supply_low" in b.core.causes()
+    b2 = bench()
+    b2.to_state("PURGING")
+    b2.values["n2_supply"] = 2.6        # above low_low 2.5
+    b2.values.update(o2_a=2.1, o2_b=2.1, o2_c=2.1)
+    b2.scan()
+    assert b2.core.state_name == "PURGING"
+
+
+def test_self_test_names_every_unhealthy_sensor_and_input():
+    b = bench()
+    b.faults["h2_cell"] = "crc"
+    b.faults["n2_supply"] = "crc"
+    b.run(2.5)
+    # h2_cell's own fault is judged first (step 4), then the self-test names every unhealthy sensor.
+    assert b.core.causes() == ["sensor_fault:h2_cell", "self_test", "sensor_fault:n2_supply"]
+    b2 = bench()
+    b2.inputs["rto_ready"] = None
+    b2.run(2.5)
+    assert b2.core.causes() == ["self_test"]
+
+
+def test_self_test_waits_for_its_time_exactly():
+    b = bench()
+    b.faults["h2_cell"] = "crc"
+    b.run(1.9)
+    assert b.core.state_name == "BOOT"
+    b.run(0.2)
+    assert b.core.state_name == "TRIPPED"
+
+
+def test_feedback_disagreement_boundary():
+    b = bench()
+    b.to_state("IDLE")
+    b.follow_crusher = False
+    b.inputs["crusher_running"] = True
+    b.run(2.0)
+    assert b.core.state_name == "IDLE"
+    b.scan()
+    assert b.core.causes() == ["output_feedback:crusher"]
+
+
+def test_overrun_boundary_and_write_failure():
+    b = bench()
+    b.to_state("IDLE")
+    b.overruns = 4
+    b.scan()
+    assert b.core.state_name == "IDLE"
+    b.overruns = 5
+    b.scan()
+    assert b.core.causes() == ["scan_overrun"]
+    b2 = bench()
+    b2.to_state("IDLE")
+    b2.write_ok = False
+    b2.scan()
+    assert b2.core.causes() == ["output_write"]
+
+
+def test_local_reset_button_acts_on_the_press_only():
+    b = tripped_on_h2()
+    b.run(6)
+    b.inputs["local_reset"] = True
+    b.scan()
+    assert b.core.state_name == "PURGING"
+    b.inputs["door_closed"] = False
+    b.scan()                                # trips again while the button is still held
+    b.inputs["door_closed"] = True
+    b.run(6)
+    assert b.core.state_name == "TRIPPED"   # a held button is not a new press
+    b.inputs["local_reset"] = False
+    b.scan()
+    b.inputs["local_reset"] = True
+    b.scan()
+    assert b.core.state_name == "PURGING"
+
+
+def test_purge_hold_restarts_when_o2_rises():
+    b = bench()
+    b.to_state("PURGING")
+    b.run(9)
+    b.values.update(o2_a=1.6, o2_b=1.6, o2_c=1.6)
+    b.scan()
+    b.values.update(o2_a=0.5, o2_b=0.52, o2_c=0.48)
+    b.run(9.5)
+    assert b.core.state_name == "PURGING"
+    b.run(1)
+    assert b.core.state_name == "READY"
+
+
+def test_rise_warning_alarm_without_trip():
+    names = [a[0] for a in ALARMS]
+    b = bench()
+    b.to_state("IDLE")
+    for _ in range(400):                 # +0.5 K every scan for 40 s: 5 K/min (warning 2, trip 10)
+        b.values["temp_gas"] += 0.05 * 0.1 * 10 / 10
+        b.scan()
+    assert b.core.alarm_active[names.index("temp_rise")]
+    assert b.core.state_name == "IDLE"
