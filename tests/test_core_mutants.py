@@ -539,3 +539,69 @@ def test_rise_warning_alarm_without_trip():
         b.scan()
     assert b.core.alarm_active[names.index("temp_rise")]
     assert b.core.state_name == "IDLE"
+
+
+# -- found by the first full mutation run ------------------------------------------------------------
+def test_persist_gen_only_ever_grows():
+    """The loop republishes the latch when the counter differs: it must never come back to a value."""
+    b = bench()
+    c = b.core
+    c.persist_gen = 100
+    c.restore_latch(["estop"])
+    assert c.persist_gen == 101
+    c.persist_gen = 100
+    c._trip([CAUSES.index("h2_high")])
+    assert c.persist_gen > 101               # the trip and its state change both count
+    seen = [c.persist_gen]
+    b.run(3)
+    b.scan((("ack", "local"),))
+    seen.append(c.persist_gen)
+    assert seen == sorted(seen) and seen[1] > seen[0]
+
+
+def test_a_non_held_alarm_does_not_start_the_warning_hold():
+    names = [a[0] for a in ALARMS]
+    b = running()
+    c = b.core
+    b.values.update(o2_a=0.5, o2_b=0.5, o2_c=1.3)    # o2_deviation: an alarm that is not a held warning
+    b.run(10)
+    assert c.alarm_active[names.index("o2_deviation")] and c.warn_since is None
+    assert c.state_name == "RUNNING"
+    b.values["h2_cell"] = 1.5                         # a held warning from now on
+    b.run(4.8)
+    assert c.state_name == "RUNNING"                  # the hold counts from the warning, not before
+    b.run(0.5)
+    assert c.state_name == "STOPPING"
+
+
+def test_event_times_and_causes_exactly():
+    b = bench()
+    b.to_state("IDLE")
+    now = b.now
+    b.scan((("purge", "local"),))
+    cmd = b.events("command")[-1]
+    st = b.events("state")[-1]
+    assert cmd["t"] == now / 1000.0 and st["t"] == now / 1000.0
+    assert st["cause"] == "command:purge" and st["from"] == "IDLE" and st["to"] == "PURGING"
+    b.run(11)
+    b.command("start")
+    b.run(1)
+    now = b.now
+    b.values["h2_cell"] = 2.5
+    b.values["hf_room"] = 3.5
+    b.scan()
+    trip = b.events("trip")[-1]
+    assert trip == {"t": now / 1000.0, "type": "trip", "causes": ["h2_high", "hf_high"]}
+    assert b.events("state")[-1]["cause"] == "trip:h2_high,hf_high"
+
+
+def test_reset_reason_names_every_holding_cause_and_the_configured_hold():
+    p = params()
+    p["timers_ms"]["reset_hold_s"] = 600000
+    b = Bench(p)
+    b.to_state("RUNNING")
+    b.values["h2_cell"] = 2.5
+    b.values["hf_room"] = 3.5
+    b.scan()
+    ok, reason = b.command("reset")
+    assert not ok and reason == "causes not clear for 600 s: h2_high, hf_high"

@@ -221,3 +221,11 @@ def test_rise_detector_rate_uses_the_oldest_slot():
 def test_rise_detector_short_window_period_is_at_least_one_ms():
     d = RiseDetector(5, 1.0)
     assert d.period == 1
+
+
+def test_stale_reading_at_the_range_bounds_is_stale_not_out_of_range():
+    h = SensorHealth(ONE)
+    judge(h, 1000, (0.0, None, 0))       # exactly the low bound, old
+    assert h.quality == [Q_STALE]
+    judge(h, 1000, (10.0, None, 0))      # exactly the high bound, old
+    assert h.quality == [Q_STALE]
