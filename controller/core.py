@@ -596,7 +596,9 @@ class Core:
             self._command(cmd[0], cmd[1], cmd[2] if len(cmd) > 2 else None)
 
         self._automatic(now)
-        return self._outputs(di[3])
+        # The feed needs positive feedback that the crusher turns: an unreadable contactor input
+        # counts as "running" for the feedback trip (worst case) but never enables the feed.
+        return self._outputs(di[3] and inputs[3] is not None)
 
     # -- pieces of the scan ---------------------------------------------------------------------
     def _update_alarms(self, alarm, sbit):

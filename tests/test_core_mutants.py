@@ -605,3 +605,63 @@ def test_reset_reason_names_every_holding_cause_and_the_configured_hold():
     b.scan()
     ok, reason = b.command("reset")
     assert not ok and reason == "causes not clear for 600 s: h2_high, hf_high"
+
+
+# -- exact values, no jitter: the comparisons at their boundaries --------------------------------------
+INPUT_NAMES = ("estop_ok", "door_closed", "rto_ready", "crusher_running", "local_reset", "remote_enable")
+
+
+def exact(b, inputs=None, **values):
+    """One scan with exactly these values (the bench's jitter would blur a boundary)."""
+    names = [s[0] for s in params()["sensors"]]
+    readings = [(values.get(n, QUIET[n]), None, b.now) for n in names]
+    if inputs is None:
+        b.inputs["crusher_running"] = b.core.outputs[0]
+        inputs = [b.inputs[n] for n in INPUT_NAMES]
+    out = b.core.step(b.now, readings, inputs)
+    b.now += b.period
+    return out
+
+
+def test_step_defaults_mean_no_overrun_and_a_good_write():
+    b = bench()
+    b.to_state("IDLE")
+    exact(b)
+    assert b.core.state_name == "IDLE"
+
+
+def test_o2_trip_counts_a_sensor_at_exactly_the_limit_each_position():
+    for pair in (("o2_a", "o2_b"), ("o2_a", "o2_c"), ("o2_b", "o2_c")):
+        b = running()
+        values = {"o2_a": 0.5, "o2_b": 0.5, "o2_c": 0.5}
+        for k in pair:
+            values[k] = 2.5
+        exact(b, **values)
+        assert b.core.causes() == ["o2_high"], pair
+
+
+def test_o2_deviation_is_strictly_more_than_the_limit_from_the_mean_of_the_peers():
+    names = [a[0] for a in ALARMS]
+    k = names.index("o2_deviation")
+    for odd in ("o2_a", "o2_b", "o2_c"):
+        b = bench()
+        b.to_state("IDLE")
+        values = {"o2_a": 0.5, "o2_b": 0.5, "o2_c": 0.5}
+        values[odd] = 1.0                    # exactly 0.5 from its peers' mean: no alarm
+        exact(b, **values)
+        assert not b.core.alarm_active[k], odd
+    b = bench()
+    b.to_state("IDLE")
+    exact(b, o2_a=2.0, o2_b=2.0, o2_c=2.0)   # agreeing sensors never deviate, whatever the level
+    assert not b.core.alarm_active[k]
+
+
+def test_unreadable_crusher_feedback_in_running_keeps_the_feed_off_and_does_not_trip():
+    b = running()
+    assert b.core.outputs[1]                 # feeding with good feedback
+    ins = [True, True, True, None, False, False]
+    for _ in range(30):                      # 3 s, past feedback_timeout_s
+        exact(b, inputs=ins)
+    assert b.core.state_name == "RUNNING"    # counted as running: agrees with the command
+    assert not b.core.outputs[1]             # but the feed needs a readable "running"
+    assert b.core.inputs[3] is True
