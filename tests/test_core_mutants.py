@@ -614,7 +614,10 @@ INPUT_NAMES = ("estop_ok", "door_closed", "rto_ready", "crusher_running", "local
 def exact(b, inputs=None, **values):
     """One scan with exactly these values (the bench's jitter would blur a boundary)."""
     names = [s[0] for s in params()["sensors"]]
-    readings = [(values.get(n, QUIET[n]), None, b.now) for n in names]
+    b.n += 1
+    jitter = 3 if b.n % 2 else -3     # sensors not given move by a few counts, so none looks stuck
+    readings = [(values[n] if n in values else QUIET[n] + jitter * b.res[n], b.faults.get(n), b.now)
+                for n in names]
     if inputs is None:
         b.inputs["crusher_running"] = b.core.outputs[0]
         inputs = [b.inputs[n] for n in INPUT_NAMES]
@@ -665,3 +668,176 @@ def test_unreadable_crusher_feedback_in_running_keeps_the_feed_off_and_does_not_
     assert b.core.state_name == "RUNNING"    # counted as running: agrees with the command
     assert not b.core.outputs[1]             # but the feed needs a readable "running"
     assert b.core.inputs[3] is True
+
+
+def ramp(b, sensor, start, end, seconds):
+    """Move one sensor linearly (slowly enough for every rise limit), other sensors jittering."""
+    n = int(seconds * 1000 / b.period)
+    for k in range(1, n + 1):
+        exact(b, **{sensor: start + (end - start) * k / n})
+
+
+def settle(b, seconds, **values):
+    for _ in range(int(seconds * 1000 / b.period)):
+        exact(b, **values)
+
+
+LEVELS = ("h2_cell", "lel_cell", "lel_rto", "co_cell", "hf_room", "temp_gas", "temp_material")
+
+
+def test_level_warning_and_trip_at_exactly_their_limits():
+    th = params()["thresholds"]
+    names = [a[0] for a in ALARMS]
+    for s in LEVELS:
+        warn, trip = th[s]["warning"], th[s]["trip"]
+        b = Bench(params(), period_ms=1000)   # 1 s scans: the ramps are long (temperature rise limit)
+        b.to_state("IDLE")
+        ramp(b, s, QUIET[s], warn - 0.001, 600)
+        assert not b.core.alarm_active[names.index(s)], s
+        exact(b, **{s: warn})
+        assert b.core.alarm_active[names.index(s)] is True, s
+        assert b.core.state_name == "IDLE", s
+        ramp(b, s, warn, trip - 0.001, 600)
+        assert b.core.state_name == "IDLE", (s, b.core.causes())
+        exact(b, **{s: trip})
+        assert b.core.causes()[0] == LEVELS_CAUSE[s], (s, b.core.causes())
+
+
+LEVELS_CAUSE = {"h2_cell": "h2_high", "lel_cell": "lel_high", "lel_rto": "lel_rto_high", "co_cell": "co_high",
+                "hf_room": "hf_high", "temp_gas": "temp_gas_high", "temp_material": "temp_material_high"}
+
+
+def test_dp_trip_and_band_at_exactly_their_limits():
+    names = [a[0] for a in ALARMS]
+    k = names.index("dp_cell")
+    b = bench()
+    b.to_state("IDLE")
+    ramp(b, "dp_cell", -80.0, -150.0, 10)
+    assert not b.core.alarm_active[k]
+    ramp(b, "dp_cell", -150.0, -20.0, 10)
+    assert not b.core.alarm_active[k]
+    ramp(b, "dp_cell", -20.0, 249.9, 30)
+    assert b.core.state_name == "IDLE"
+    exact(b, dp_cell=250.0)
+    assert b.core.causes() == ["dp_high"]
+
+
+def test_n2_limits_exactly():
+    names = [a[0] for a in ALARMS]
+    b = running()
+    settle(b, 1, n2_supply=4.0)
+    assert not b.core.alarm_active[names.index("n2_supply")] and b.core.state_name == "RUNNING"
+    b = bench()
+    b.to_state("PURGING")
+    settle(b, 1, n2_supply=2.5, o2_a=2.0, o2_b=2.0, o2_c=2.0)
+    assert b.core.state_name == "PURGING"
+    exact(b, n2_supply=2.49, o2_a=2.0, o2_b=2.0, o2_c=2.0)     # voted exactly at o2.warning
+    assert b.core.causes() == ["n2_supply_low"]
+
+
+def test_n2_low_low_with_the_o2_vote_lost_trips_too():
+    b = bench()
+    b.to_state("PURGING")
+    b.faults.update(o2_a="crc", o2_b="crc")
+    b.values["n2_supply"] = 2.0
+    b.scan()
+    assert set(b.core.causes()) == {"o2_vote_lost", "n2_supply_low"}
+
+
+def test_o2_warning_alarm_at_exactly_the_limit_while_crushing():
+    names = [a[0] for a in ALARMS]
+    b = running()
+    settle(b, 1, o2_a=1.99, o2_b=1.99, o2_c=1.99)
+    assert not b.core.alarm_active[names.index("o2")]
+    exact(b, o2_a=2.0, o2_b=2.0, o2_c=2.0)
+    assert b.core.alarm_active[names.index("o2")] is True
+    ev = [e for e in b.events("alarm") if e["name"] == "o2"][-1]
+    assert ev["active"] is True
+
+
+def test_degraded_vote_takes_the_higher_and_judges_deviation_between_the_two():
+    names = [a[0] for a in ALARMS]
+    k = names.index("o2_deviation")
+    b = bench()
+    b.to_state("IDLE")
+    b.faults["o2_c"] = "crc"
+    b.scan()
+    exact(b, o2_a=0.9, o2_b=0.5)
+    assert b.core.voted_o2 == 0.9 and not b.core.alarm_active[k]
+    exact(b, o2_a=0.5, o2_b=0.9)
+    assert b.core.voted_o2 == 0.9
+    exact(b, o2_a=1.0, o2_b=0.5)       # exactly 0.5 apart: no alarm
+    assert not b.core.alarm_active[k]
+    exact(b, o2_a=1.1, o2_b=0.5)
+    assert b.core.alarm_active[k] is True
+    assert [e for e in b.events("alarm") if e["name"] == "o2_deviation"][-1]["active"] is True
+
+
+def test_rates_of_rise_at_exactly_their_limits():
+    names = [a[0] for a in ALARMS]
+    for sensor, base, jump, cause in (("temp_gas", 25.0, 5.0, "temp_rise"), ("co_cell", 5.0, 500.0, "co_rise"),
+                                      ("dp_cell", -80.0, 100.0, "dp_rise")):
+        b = bench()
+        b.to_state("IDLE")
+        settle(b, 35, **{sensor: base})
+        exact(b, **{sensor: base + jump * 0.999})
+        assert "%s" % cause not in b.core.causes(), sensor
+        b = bench()
+        b.to_state("IDLE")
+        settle(b, 35, **{sensor: base})
+        exact(b, **{sensor: base + jump})
+        assert cause in b.core.causes(), (sensor, b.core.causes())
+    b = bench()
+    b.to_state("IDLE")
+    settle(b, 35, temp_gas=25.0)
+    exact(b, temp_gas=25.999)
+    assert not b.core.alarm_active[names.index("temp_rise")]
+    exact(b, temp_gas=26.0)                # 1 K over the 30 s window: exactly 2 K/min
+    assert b.core.alarm_active[names.index("temp_rise")] is True
+
+
+def test_purge_timeout_at_exactly_its_limit():
+    b = Bench(params(), dict(QUIET, o2_a=20.9, o2_b=20.8, o2_c=20.95))
+    b.to_state("IDLE")
+    b.command("purge")
+    since = b.core.state_since
+    while b.now - since < 600000:
+        b.scan()
+    assert b.core.state_name == "PURGING"
+    b.scan()                               # now - state_since == purge_timeout exactly
+    assert b.core.causes() == ["purge_timeout"]
+
+
+def test_self_test_counts_from_the_start_time_not_from_zero():
+    b = bench()
+    b.core = Core(params(), 100000)
+    b.now = 100000
+    b.faults["h2_cell"] = "crc"
+    b.run(1.9)
+    assert b.core.state_name == "BOOT"
+    b.run(0.2)
+    assert b.core.state_name == "TRIPPED"
+
+
+def test_self_test_ignores_the_door_and_only_runs_in_boot():
+    b = bench()
+    b.inputs["door_closed"] = False          # a door open in BOOT is no self-test failure (IDLE allows it)
+    b.run(3)
+    assert b.core.state_name == "IDLE"
+    b2 = bench()
+    b2.faults["o2_a"] = "crc"                # a failed self-test latches self_test...
+    b2.run(3)
+    assert b2.core.causes() == ["self_test", "sensor_fault:o2_a"]
+    b2.run(6)                                # ...judged once: it does not hold the reset off forever
+    assert b2.command("reset") == (True, "")
+    assert b2.core.state_name == "PURGING"
+
+
+def test_calibration_due_alarm_event():
+    b = bench()
+    b.to_state("IDLE")
+    b.core.set_calibration(("hf_room",), ())
+    b.scan()
+    ev = [e for e in b.events("alarm") if e["name"] == "calibration_due:hf_room"]
+    assert ev == [{"t": ev[0]["t"], "type": "alarm", "name": "calibration_due:hf_room", "active": True,
+                   "severity": "warning"}]
