@@ -775,13 +775,14 @@ def test_degraded_vote_takes_the_higher_and_judges_deviation_between_the_two():
 
 def test_rates_of_rise_at_exactly_their_limits():
     names = [a[0] for a in ALARMS]
-    for sensor, base, jump, cause in (("temp_gas", 25.0, 5.0, "temp_rise"), ("co_cell", 5.0, 500.0, "co_rise"),
+    for sensor, base, jump, cause in (("temp_gas", 25.0, 5.0, "temp_rise"),
+                                      ("co_cell", 5.0, 500.0, "co_rise"),
                                       ("dp_cell", -80.0, 100.0, "dp_rise")):
         b = bench()
         b.to_state("IDLE")
         settle(b, 35, **{sensor: base})
         exact(b, **{sensor: base + jump * 0.999})
-        assert "%s" % cause not in b.core.causes(), sensor
+        assert cause not in b.core.causes(), sensor
         b = bench()
         b.to_state("IDLE")
         settle(b, 35, **{sensor: base})
