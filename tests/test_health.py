@@ -229,3 +229,37 @@ def test_stale_reading_at_the_range_bounds_is_stale_not_out_of_range():
     assert h.quality == [Q_STALE]
     judge(h, 1000, (10.0, None, 0))      # exactly the high bound, old
     assert h.quality == [Q_STALE]
+
+
+# name, low, high, stale_ms, stuck_ms, resolution: a resolution that floats represent exactly
+HALF = (("y", 0.0, 10.0, 300, 1000, 0.5),)
+
+
+def test_a_change_of_exactly_one_count_is_not_movement():
+    for step in (0.5, -0.5):
+        h = SensorHealth(HALF)
+        judge(h, 0, (2.0, None, 0))
+        judge(h, 600, (2.0 + step, None, 600))     # exactly one count: not movement
+        judge(h, 1001, (2.0 + step, None, 1001))
+        assert h.quality == [Q_STUCK], step
+
+
+def test_rise_detector_keeps_its_slot_grid_when_scans_are_late():
+    d = RiseDetector(1000, 1.0)          # 100 ms slots
+    d.update(0, 0.0, True)
+    d.update(150, 1.0, True)             # late scan: the next slot is still at 200, not 250
+    assert d.next_t == 200 and d.idx == 1
+    d.update(200, 1.0, True)
+    assert d.next_t == 300 and d.idx == 2
+
+
+def test_rise_detector_gap_of_exactly_two_slots_realigns():
+    d = RiseDetector(1000, 1.0)
+    d.update(0, 0.0, True)
+    d.update(200, 1.0, True)             # one slot taken, and the next slot time already reached
+    assert d.next_t == 300 and d.idx == 1
+
+
+def test_rise_detector_period_is_a_whole_number_of_ms():
+    assert RiseDetector(25, 1.0).period == 2
+    assert RiseDetector(10005, 1.0).period == 1000
