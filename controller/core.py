@@ -358,7 +358,6 @@ class Core:
         self.purge_ok_since = None
         self.warn_since = None
         self.feedback_bad_since = None
-        self.stop_reason = None
         self.changed = []
         self.alarm_now = [False] * len(ALARMS)
         self.command_source = "local"
@@ -582,7 +581,8 @@ class Core:
             # A new hazard while tripped joins the latch if it would trip the state reset leads to.
             new = None
             for ci in hits:
-                if (CAUSE_MASKS[ci] & ((1 << PURGING) | (1 << TRIPPED))) and ci not in self.latched:
+                # (every cause that can be judged in TRIPPED and trips anywhere else trips PURGING)
+                if (CAUSE_MASKS[ci] & (1 << PURGING)) and ci not in self.latched:
                     self.latched.append(ci)
                     if new is None:
                         new = []

@@ -842,3 +842,102 @@ def test_calibration_due_alarm_event():
     ev = [e for e in b.events("alarm") if e["name"] == "calibration_due:hf_room"]
     assert ev == [{"t": ev[0]["t"], "type": "alarm", "name": "calibration_due:hf_room", "active": True,
                    "severity": "warning"}]
+
+
+# -- second round of survivors ------------------------------------------------------------------------
+def test_automatic_transitions_name_their_cause_and_hold_exactly():
+    b = bench()
+    b.run(2.5)
+    assert b.events("state")[-1]["cause"] == "self_test_passed"
+    b.command("purge")
+    since = b.core.state_since
+    # voted O2 exactly at the permissive never inerts
+    while b.now - since < 15000:
+        exact(b, o2_a=1.5, o2_b=1.5, o2_c=1.5)
+    assert b.core.state_name == "PURGING"
+    exact(b)                                  # below the permissive from here on
+    ok_since = b.core.purge_ok_since
+    while b.now - ok_since < 10000:
+        exact(b)
+    assert b.core.state_name == "PURGING"
+    exact(b)                                  # exactly purge_hold_s after
+    assert b.core.state_name == "READY" and b.events("state")[-1]["cause"] == "inerted"
+    exact(b, o2_a=1.8, o2_b=1.8, o2_c=1.8)    # exactly start_permissive + hysteresis: lost
+    assert b.core.state_name == "PURGING" and b.events("state")[-1]["cause"] == "permissive_lost"
+
+
+def test_one_unhealthy_o2_sensor_still_inerts():
+    b = bench()
+    b.to_state("PURGING")
+    b.faults["o2_b"] = "crc"
+    b.run(11)
+    assert b.core.state_name == "READY"
+
+
+def test_rundown_ends_exactly_after_rundown_s():
+    b = running()
+    b.command("stop")
+    since = b.core.state_since
+    while b.now - since < 15000:
+        b.scan()
+    assert b.core.state_name == "STOPPING"
+    b.scan()
+    assert b.core.state_name == "READY" and b.events("state")[-1]["cause"] == "rundown_done"
+
+
+def test_no_alarm_in_boot_or_outside_its_states():
+    names = [a[0] for a in ALARMS]
+    b = bench()
+    b.values["h2_cell"] = 1.5
+    b.values["dp_cell"] = -10.0
+    b.scan()
+    assert not any(b.core.alarm_active)       # BOOT: no alarm masks include it
+    b.run(2.5)
+    assert b.core.alarm_active[names.index("h2_cell")]
+    assert not b.core.alarm_active[names.index("o2")]
+    b.values.update(o2_a=2.2, o2_b=2.2, o2_c=2.2)
+    b.scan()
+    assert not b.core.alarm_active[names.index("o2")]   # the O2 warning is for crushing only
+
+
+def test_restored_ack_applies_once_and_new_alarms_are_unacknowledged():
+    b = bench()
+    b.core.restore_latch(["estop"], trip_acked=True, acked_alarms=("h2_cell",))
+    b.values["h2_cell"] = 1.5
+    b.values["hf_room"] = 0.6
+    b.run(2.5)
+    assert sorted(b.core.active_alarms()) == [("h2_cell", "warning", True), ("hf_room", "warning", False)]
+    assert b.core.restored_acks == []
+    b.values["h2_cell"] = QUIET["h2_cell"]
+    b.scan()
+    b.values["h2_cell"] = 1.5
+    b.scan()
+    assert ("h2_cell", "warning", False) in b.core.active_alarms()   # a second time it sounds again
+
+
+def test_events_carry_exact_times():
+    b = bench()
+    b.run(2.0)
+    now = b.now
+    b.scan()                                  # BOOT -> IDLE: an outputs event
+    out = b.events("outputs")[-1]
+    assert out["t"] == now / 1000.0
+    now = b.now
+    b.values["hf_room"] = 0.6
+    b.scan()
+    assert b.events("alarm")[-1]["t"] == now / 1000.0
+    b.values["hf_room"] = QUIET["hf_room"]
+    b = tripped_on_h2()
+    gen = b.core.persist_gen
+    now = b.now
+    b.values["lel_cell"] = 60.0
+    b.scan()
+    assert b.events("trip")[-1] == {"t": now / 1000.0, "type": "trip", "causes": ["lel_high"]}
+    assert b.core.persist_gen > gen
+
+
+def test_default_step_arguments_never_trip_even_at_the_lowest_overrun_limit():
+    b = bench(overrun_trip_count=1)
+    b.to_state("IDLE")
+    exact(b)
+    assert b.core.state_name == "IDLE"
