@@ -338,7 +338,6 @@ class Core:
         self.state = BOOT
         self.state_since = start_ms
         self.now = start_ms
-        self.started_ms = start_ms
         self.events = []                   # event dicts, drained by the caller
         self.command_results = []          # (accepted, reason) per command of the last step
         self.latched = []                  # cause indices of the latched trip, in order

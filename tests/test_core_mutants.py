@@ -941,3 +941,20 @@ def test_default_step_arguments_never_trip_even_at_the_lowest_overrun_limit():
     b.to_state("IDLE")
     exact(b)
     assert b.core.state_name == "IDLE"
+
+
+def test_every_unhealthy_sensor_raises_its_own_fault_alarm():
+    b = bench()
+    b.to_state("IDLE")
+    for s in ("o2_a", "n2_supply", "lel_cell"):
+        b.faults[s] = "crc"
+    b.scan()
+    alarms = {a[0]: a[2] for a in b.core.active_alarms()}
+    for s in ("o2_a", "n2_supply", "lel_cell"):
+        assert alarms.get("sensor_fault:" + s) is False, s    # active, not yet acknowledged
+    assert [e["active"] for e in b.events("alarm") if e["name"] == "sensor_fault:o2_a"] == [True]
+
+
+def test_core_clock_starts_at_zero_by_default():
+    c = Core(params())
+    assert c.now == 0 and c.state_since == 0
