@@ -28,6 +28,10 @@ JOURNAL_FILES = 5                      # journal.jsonl + .1 .. .4: at most 50 Mi
 # Event types that go to the audit journal (commands carry resets and acknowledgements).
 JOURNALED = ("command", "trip", "state", "config", "calibration", "end", "persist")
 CORRUPT_LATCH_CAUSE = "self_test"      # an unreadable latch file: start tripped, as a failed self-test
+# Event numbers are reserved this many at a time in the latch file, so the file is not rewritten
+# (and fsynced) for every batch of events: a restart goes on after the reservation, skipping the
+# numbers it did not use. Numbers stay unique and increasing across restarts.
+SEQ_RESERVE = 1000
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -152,6 +156,7 @@ class Persister:
         self.config = config
         self.journal = Journal(self.dir)
         self.seq = 0
+        self.reserved = 0                 # event numbers up to this one are covered by the latch file
         self.written: Any = None
         self.config_previous: str | None = None
         self.calibration: Any = None   # controller.calibration.Tracker, when records apply
@@ -166,6 +171,7 @@ class Persister:
             records.append({"t": core.now / 1000.0, "type": "persist", "error": error})
         elif data is not None:
             self.seq = int(data.get("seq", 0))
+            self.reserved = self.seq
             self.config_previous = data.get("config_sha256")
             causes = [c for c in data.get("causes", []) if isinstance(c, str)]
             if causes:
@@ -192,14 +198,16 @@ class Persister:
                 rec["ts"] = ts
                 journaled.append(rec)
         self.journal.append(journaled)
-        self.save_latch(force=bool(events))
+        self.save_latch(force=self.seq > self.reserved)
 
     def save_latch(self, force: bool = False) -> None:
         latch = self.loop.latch_state
         if latch is self.written and not force:
             return
         _gen, causes, trip_acked, acked = latch
-        doc = {"causes": list(causes), "trip_acked": trip_acked, "acked": list(acked), "seq": self.seq,
+        if self.seq > self.reserved:
+            self.reserved = self.seq + SEQ_RESERVE
+        doc = {"causes": list(causes), "trip_acked": trip_acked, "acked": list(acked), "seq": self.reserved,
                "config_sha256": self.config.sha256, "written": utc_now()}
         atomic_write(self.dir / LATCH_FILE, (json.dumps(doc, indent=1) + "\n").encode())
         self.written = latch

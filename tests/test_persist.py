@@ -251,3 +251,22 @@ def test_sigkill_in_tripped_comes_back_tripped_with_the_same_causes(tmp_path):
 
     journal = [r for r in persist.read_journal(state) if r["type"] == "command"]
     assert journal[-1]["action"] == "reset" and journal[-1]["accepted"] is True
+
+
+def test_event_numbers_are_reserved_in_blocks_and_go_on_after_a_restart(tmp_path):
+    loop = _loop()
+    p = persist.Persister(tmp_path, loop, CONFIG)
+    p.restore()
+    p.handle([{"type": "outputs"} for _ in range(3)])
+    latch = tmp_path / "latch.json"
+    assert json.loads(latch.read_text())["seq"] == 3 + persist.SEQ_RESERVE
+    os.utime(latch, ns=(1, 1))
+    p.handle([{"type": "outputs"} for _ in range(10)])   # within the reservation: no rewrite
+    assert latch.stat().st_mtime_ns == 1
+    p.close()
+    again = persist.Persister(tmp_path, _loop(), CONFIG)
+    again.restore()
+    events = [{"type": "outputs"}]
+    again.handle(events)
+    assert events[0]["seq"] == 3 + persist.SEQ_RESERVE + 1
+    again.close()
