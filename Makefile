@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SPEED  ?= 10
 
-.PHONY: run test lint bench mutation clean mosquitto deploy-lint check-arm64
+.PHONY: run test lint bench mutation docs clean mosquitto deploy-lint check-arm64
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,15 @@ check-arm64:
 bench: $(STAMP) mosquitto
 	$(PY) -m bench
 
+## mutation: mutmut 3 on the safety core (controller/core.py, health.py); see [tool.mutmut] in pyproject
 mutation: $(STAMP)
-	$(VENV)/bin/mutmut run
+	$(VENV)/bin/mutmut run --max-children $$(nproc)
+	$(VENV)/bin/mutmut results > mutants/results.txt || true
+	$(PY) tools/mutation_score.py
+
+## docs: regenerate the cause-and-effect matrix embedded in docs/safety.md
+docs: $(STAMP)
+	$(PY) -c "from controller import causeeffect as c; c.update_doc('docs/safety.md', 'config/cell.toml')"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache mutants

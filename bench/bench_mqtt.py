@@ -81,7 +81,7 @@ def drain(port: int, folder: Path, **mqtt) -> dict:
     box = Outbox(str(state / f"outbox-{config.cell_id}.sqlite3"), config.mqtt.outbox_max_events)
     past = time.time() - 60
     for start in range(0, OUTAGE_EVENTS, 10_000):
-        box.append([(past, payloads.event_body(dict(SAMPLE_EVENT, i=start + i), past))
+        box.append([(past, *payloads.event_body(dict(SAMPLE_EVENT, i=start + i), past))
                     for i in range(10_000)])
     box.close()
     link = PlantLink(config, FakeLoop(), state_dir=str(state))
@@ -198,7 +198,7 @@ def run() -> dict:
         folder = Path(tmp)
         broker = Broker(folder / "broker", max_queued=100_000).start()
         try:
-            size = len(payloads.event_body(dict(SAMPLE_EVENT, i=12345), time.time())) + 12
+            size = len(payloads.event_body(dict(SAMPLE_EVENT, i=12345), time.time())[0]) + 12
             ceil = ceiling(broker.port, size)
             shipped = drain(broker.port, folder)
             single = drain(broker.port, folder, history_batch=1, history_rate_per_s=100_000.0)

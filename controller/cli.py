@@ -103,14 +103,15 @@ def status_line(snap: Any) -> str:
     return " | ".join(parts)
 
 
-LOGGED_EVENTS = ("state", "trip", "command", "alarm", "sensor", "scenario")
+LOGGED_EVENTS = ("state", "trip", "command", "alarm", "sensor", "scenario", "config", "persist")
 
 
 class Pump(threading.Thread):
     """Moves events out of the scan thread: to the event file, stderr (journal) and the link."""
 
     def __init__(self, loop: Any, *, events_file: Any, show_status: bool, link: Any = None,
-                 period_s: float = 0.25, echo: bool = True):
+                 period_s: float = 0.25, echo: bool = True, persister: Any = None,
+                 calibration: Any = None):
         super().__init__(name="crushcell-pump", daemon=True)
         self.loop = loop
         self.events_file = events_file
@@ -120,6 +121,8 @@ class Pump(threading.Thread):
         self.echo = echo   # log events to stderr (the journal under systemd)
         self.done = threading.Event()
         self.last_status = 0.0
+        self.persister = persister        # latch file, event numbers, audit journal (controller.persist)
+        self.calibration = calibration    # calibration records -> loop (controller.calibration)
 
     def run(self) -> None:
         wake = self.loop.wake
@@ -133,6 +136,10 @@ class Pump(threading.Thread):
     def flush(self) -> None:
         loop = self.loop
         events = loop.drain_events()
+        if self.persister is not None:
+            self.persister.handle(events)   # numbers them (seq), journals, writes the latch
+        if self.calibration is not None:
+            self.calibration.tick(time.monotonic())
         if events:
             if self.events_file is not None:
                 self.events_file.write(events)
@@ -211,10 +218,18 @@ def serve(args: argparse.Namespace, config: Any, io: Any, scenario: Any = None) 
             except OSError as exc:
                 raise UsageError(f"cannot write events to {args.events}: {exc.strerror or exc}") from None
             events_file = sc.EventLog(stream)
+        persister, tracker = _open_state(args, config, loop)
+        start_records = persister.restore()   # a latched trip comes back before the first scan
+        loop.publish_latch()
         link = _start_link(args, config, loop)
+        if link is not None:
+            # One sequence for the event log, the journal and MQTT: never behind what the outbox holds.
+            persister.seq = max(persister.seq, link.outbox.last_seq)
         show_status = args.status if args.status is not None else sys.stdout.isatty()
-        pump = Pump(loop, events_file=events_file, show_status=show_status, link=link)
+        pump = Pump(loop, events_file=events_file, show_status=show_status, link=link,
+                    persister=persister, calibration=tracker)
         loop.events.extend(loop.initial_events())
+        loop.events.extend(start_records)
         pump.start()
 
         def on_signal(signum: int, _frame: Any) -> None:
@@ -235,6 +250,7 @@ def serve(args: argparse.Namespace, config: Any, io: Any, scenario: Any = None) 
             pump.done.set()
             loop.wake.set()
             pump.join(timeout=5)
+            persister.close()
             if link is not None:
                 link.close()
             if stream is not None:
@@ -244,6 +260,19 @@ def serve(args: argparse.Namespace, config: Any, io: Any, scenario: Any = None) 
     finally:
         io.force_safe()   # whatever ended the loop: signal, duration, exception
     return EXIT_OK
+
+
+def _open_state(args: argparse.Namespace, config: Any, loop: Any) -> tuple[Any, Any]:
+    """The persistent latch and journal, and calibration tracking, in --state-dir."""
+    from controller.calibration import Tracker
+    from controller.persist import Persister
+
+    try:
+        persister = Persister(args.state_dir, loop, config)
+    except OSError as exc:
+        raise UsageError(f"cannot use state dir {args.state_dir}: {exc.strerror or exc}") from None
+    tracker = Tracker(args.state_dir, config, loop, always=getattr(args, "hal", "sim") == "hardware")
+    return persister, tracker
 
 
 def _claim_pidfile(state_dir: str) -> Path:
@@ -294,6 +323,60 @@ def _start_link(args: argparse.Namespace, config: Any, loop: Any) -> Any:
     return link
 
 
+# -- cause-effect ------------------------------------------------------------------------------
+def cmd_cause_effect(args: argparse.Namespace) -> int:
+    from controller import causeeffect
+
+    config = _load_config(args.config)
+    sys.stdout.write(causeeffect.render(config, args.format))
+    return EXIT_OK
+
+
+# -- journal and calibration -------------------------------------------------------------------------
+def cmd_journal(args: argparse.Namespace) -> int:
+    from controller import persist
+
+    since = None
+    if args.since:
+        try:
+            since = persist.parse_since(args.since)
+        except ValueError:
+            raise UsageError(f"--since {args.since}: give an ISO time (2025-01-31T06:00) or a duration "
+                             "(90s, 30m, 2h, 7d)") from None
+    if not Path(args.state_dir).is_dir():
+        raise UsageError(f"no state dir {args.state_dir} (give --state-dir)")
+    for rec in persist.read_journal(args.state_dir, since):
+        print(json.dumps(rec, separators=(",", ":"), default=str))
+    return EXIT_OK
+
+
+def cmd_calibration(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from controller import calibration as cal
+    from controller import persist
+
+    today = dt.date.today()
+    try:
+        if args.action == "show":
+            config = _load_config(args.config)
+            sys.stdout.write(cal.show(args.state_dir, config.calibration, today))
+            return EXIT_OK
+        date = cal.parse_date(args.date, today) if args.date else today
+        rec = cal.record(args.state_dir, args.sensor, "bump" if args.bump else "calibration", date)
+    except cal.CalibrationError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot use state dir {args.state_dir}: {exc.strerror or exc}") from None
+    rec["by"] = args.by
+    rec["ts"] = persist.utc_now()
+    journal = persist.Journal(args.state_dir)
+    journal.append([rec])
+    journal.close()
+    print(f"{args.sensor}: {rec['kind']} recorded on {rec['date']}")
+    return EXIT_OK
+
+
 # -- probe -------------------------------------------------------------------------------------
 def cmd_probe(argv: list[str]) -> int:
     try:
@@ -339,6 +422,37 @@ def build_parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check-config", help="validate a plant configuration")
     chk.add_argument("path", nargs="?", default=DEFAULT_CONFIG, metavar="PATH")
     chk.set_defaults(func=cmd_check_config)
+
+    ce = sub.add_parser("cause-effect", help="print the cause-and-effect matrix (config and core tables)")
+    ce.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help="plant configuration")
+    ce.add_argument("--format", choices=("md", "csv", "html"), default="md",
+                    help="output format (default: md)")
+    ce.set_defaults(func=cmd_cause_effect)
+
+    default_state = os.environ.get("CRUSHCELL_STATE_DIR", "var")
+    jr = sub.add_parser("journal", help="print the audit journal (JSON lines)")
+    jr.add_argument("--state-dir", default=default_state, metavar="DIR", help="default: ./var")
+    jr.add_argument("--since", metavar="ISO-TIME|DURATION", help="only records since then (e.g. 2h, 7d)")
+    jr.set_defaults(func=cmd_journal)
+
+    from controller.names import CALIBRATED_SENSORS
+
+    cal = sub.add_parser("calibration", help="bump tests and calibrations of the gas sensors")
+    cal_sub = cal.add_subparsers(dest="action", metavar="ACTION")
+    cal_sub.required = True
+    rec = cal_sub.add_parser("record", help="record a bump test or a calibration")
+    rec.add_argument("sensor", choices=CALIBRATED_SENSORS, metavar="SENSOR",
+                     help=", ".join(CALIBRATED_SENSORS))
+    kind = rec.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--bump", action="store_true", help="a bump test")
+    kind.add_argument("--calibration", action="store_true", help="a calibration (counts as a bump test too)")
+    rec.add_argument("--date", metavar="YYYY-MM-DD", help="default: today")
+    rec.add_argument("--by", metavar="NAME", default=os.environ.get("USER") or None, help="who did it")
+    rec.add_argument("--state-dir", default=default_state, metavar="DIR", help="default: ./var")
+    shw = cal_sub.add_parser("show", help="last dates, due dates and what blocks start")
+    shw.add_argument("--state-dir", default=default_state, metavar="DIR", help="default: ./var")
+    shw.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help="plant configuration")
+    cal.set_defaults(func=cmd_calibration)
 
     sub.add_parser("probe", help="commissioning: check every device and wire (hardware)",
                    add_help=False)

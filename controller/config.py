@@ -70,6 +70,7 @@ class PlantConfig:
     heartbeat_pin: int
     mqtt: MqttSettings
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    calibration: dict[str, float] = field(default_factory=lambda: {k: v[0] for k, v in CALIBRATION.items()})
 
     def safe_outputs(self) -> dict[str, bool]:
         return {name: self.outputs[name].safe for name in OUTPUTS}
@@ -101,6 +102,14 @@ TIMERS = {
     "rundown_s": (15.0, 0.0, 300.0),
     "reset_hold_s": (5.0, 1.0, 600.0),
     "feedback_timeout_s": (2.0, 0.1, 30.0),
+}
+
+CALIBRATION = {
+    # key: (default, min, max), in days. Gas sensors (names.CALIBRATED_SENSORS) drift and poison:
+    # a bump test proves they still answer gas, a calibration resets their span.
+    "bump_interval_days": (30.0, 1.0, 180.0),
+    "calibration_interval_days": (180.0, 1.0, 730.0),
+    "grace_days": (7.0, 0.0, 30.0),
 }
 
 
@@ -136,6 +145,9 @@ def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> Pla
     watchdog = root.table("watchdog", {})
     heartbeat_pin = watchdog.integer("heartbeat_pin", 26, minval=0, maxval=63)
     watchdog.check_unknown()
+    cal = root.table("calibration", {})
+    calibration = {k: cal.number(k, d, minval=lo, maxval=hi) for k, (d, lo, hi) in CALIBRATION.items()}
+    cal.check_unknown()
     mqtt = read_mqtt(root.table("mqtt", {}))
 
     pins = [(f"inputs.{n}", c.pin) for n, c in inputs.items()]
@@ -153,7 +165,7 @@ def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> Pla
         path=name, sha256=sha256, cell_id=cell_id, scan_period_s=scan_period_s,
         overrun_trip_count=overrun_trip_count, remote_reset=remote_reset, timers=timers,
         sensors=sensors, thresholds=thresholds, o2_group=o2_group, inputs=inputs,
-        outputs=outputs, heartbeat_pin=heartbeat_pin, mqtt=mqtt, raw=data,
+        outputs=outputs, heartbeat_pin=heartbeat_pin, mqtt=mqtt, raw=data, calibration=calibration,
     )
 
 

@@ -10,12 +10,24 @@ every state is reachable and none is a dead end.
 """
 
 from controller.health import RiseDetector, SensorHealth
-from controller.names import COMMANDS, INPUT_FAILSAFE, INPUTS, O2_SENSORS, OUTPUTS, SENSORS, STATES
+from controller.names import (
+    CALIBRATED_SENSORS,
+    COMMANDS,
+    INPUT_FAILSAFE,
+    INPUTS,
+    O2_SENSORS,
+    OUTPUTS,
+    SENSORS,
+    STATES,
+)
 
 BOOT, IDLE, PURGING, READY, RUNNING, STOPPING, TRIPPED = 0, 1, 2, 3, 4, 5, 6
 
 
-def _mask(*states):
+# Import-time helpers carry `pragma: no mutate block`: they run once when the module is imported,
+# before mutmut's forked test processes choose a mutant, so their mutants could never be killed.
+# What they build is checked as data instead (tests/test_causeeffect.py, check_table tests).
+def _mask(*states):  # pragma: no mutate block
     m = 0
     for s in states:
         m |= 1 << s
@@ -84,38 +96,54 @@ RISE_TRIPS = (("co_rise", "co_cell"), ("temp_rise", "temp_gas"), ("temp_rise", "
               ("dp_rise", "dp_cell"))
 
 TRIP_RULES = (
-    # name, signal, condition (for documents and the cause-and-effect matrix), state mask
+    # name, signal, condition (for documents and the cause-and-effect matrix), state mask,
+    # limits (config keys the condition reads), voting, delay (config keys; () = the same scan).
     ("o2_high", "o2 (o2_a, o2_b, o2_c)", "2oo3: two sensors >= o2.trip, an unhealthy one counts as high",
-     CRUSHING),
-    ("o2_vote_lost", "o2 (o2_a, o2_b, o2_c)", "two or more O2 sensors unhealthy", INERT),
-    ("h2_high", "h2_cell", "h2_cell >= h2_cell.trip", OPERATING),
-    ("lel_high", "lel_cell", "lel_cell >= lel_cell.trip", OPERATING),
-    ("lel_rto_high", "lel_rto", "lel_rto >= lel_rto.trip", OPERATING),
-    ("co_high", "co_cell", "co_cell >= co_cell.trip", OPERATING),
-    ("co_rise", "co_cell", "rise of co_cell >= co_rise.trip ppm/s over co_rise.window_s", OPERATING),
-    ("hf_high", "hf_room", "hf_room >= hf_room.trip", OPERATING),
-    ("temp_gas_high", "temp_gas", "temp_gas >= temp_gas.trip", OPERATING),
-    ("temp_material_high", "temp_material", "temp_material >= temp_material.trip", OPERATING),
+     CRUSHING, ("thresholds.o2.trip",), "2oo3", ()),
+    ("o2_vote_lost", "o2 (o2_a, o2_b, o2_c)", "two or more O2 sensors unhealthy", INERT, (), "2oo3", ()),
+    ("h2_high", "h2_cell", "h2_cell >= h2_cell.trip", OPERATING, ("thresholds.h2_cell.trip",), "1oo1", ()),
+    ("lel_high", "lel_cell", "lel_cell >= lel_cell.trip", OPERATING, ("thresholds.lel_cell.trip",), "1oo1",
+     ()),
+    ("lel_rto_high", "lel_rto", "lel_rto >= lel_rto.trip", OPERATING, ("thresholds.lel_rto.trip",), "1oo1",
+     ()),
+    ("co_high", "co_cell", "co_cell >= co_cell.trip", OPERATING, ("thresholds.co_cell.trip",), "1oo1", ()),
+    ("co_rise", "co_cell", "rise of co_cell >= co_rise.trip ppm/s over co_rise.window_s", OPERATING,
+     ("thresholds.co_rise.trip", "thresholds.co_rise.window_s"), "1oo1", ()),
+    ("hf_high", "hf_room", "hf_room >= hf_room.trip", OPERATING, ("thresholds.hf_room.trip",), "1oo1", ()),
+    ("temp_gas_high", "temp_gas", "temp_gas >= temp_gas.trip", OPERATING, ("thresholds.temp_gas.trip",),
+     "1oo1", ()),
+    ("temp_material_high", "temp_material", "temp_material >= temp_material.trip", OPERATING,
+     ("thresholds.temp_material.trip",), "1oo1", ()),
     ("temp_rise", "temp_gas, temp_material",
-     "rise of either >= temp_rise.trip K/min over temp_rise.window_s", OPERATING),
-    ("dp_high", "dp_cell", "dp_cell >= dp_cell.trip", OPERATING),
-    ("dp_rise", "dp_cell", "rise of dp_cell >= dp_rise.trip Pa/s over dp_rise.window_s", OPERATING),
+     "rise of either >= temp_rise.trip K/min over temp_rise.window_s", OPERATING,
+     ("thresholds.temp_rise.trip", "thresholds.temp_rise.window_s"), "1oo2", ()),
+    ("dp_high", "dp_cell", "dp_cell >= dp_cell.trip", OPERATING, ("thresholds.dp_cell.trip",), "1oo1", ()),
+    ("dp_rise", "dp_cell", "rise of dp_cell >= dp_rise.trip Pa/s over dp_rise.window_s", OPERATING,
+     ("thresholds.dp_rise.trip", "thresholds.dp_rise.window_s"), "1oo1", ()),
     ("n2_supply_low", "n2_supply",
-     "n2_supply < n2_supply.low_low (or unhealthy) while voted O2 >= o2.warning", INERT),
-    ("estop", "estop_ok", "estop_ok false (or unreadable)", OPERATING),
-    ("door_open", "door_closed", "door_closed false (or unreadable)", INERT),
-    ("purge_timeout", "PURGING timer", "PURGING longer than timers.purge_timeout_s", _mask(PURGING)),
+     "n2_supply < n2_supply.low_low (or unhealthy) while voted O2 >= o2.warning", INERT,
+     ("thresholds.n2_supply.low_low", "thresholds.o2.warning"), "1oo1 and 2oo3", ()),
+    ("estop", "estop_ok", "estop_ok false (or unreadable)", OPERATING, (), "1oo1", ()),
+    ("door_open", "door_closed", "door_closed false (or unreadable)", INERT, (), "1oo1", ()),
+    ("purge_timeout", "PURGING timer", "PURGING longer than timers.purge_timeout_s", _mask(PURGING),
+     (), "-", ("timers.purge_timeout_s",)),
     ("output_feedback:crusher", "crusher_running",
-     "contactor feedback differs from the crusher command for timers.feedback_timeout_s", ANY_STATE),
-    ("output_write", "outputs", "the backend failed to write an output", ANY_STATE),
-    ("scan_overrun", "scan loop", "cell.overrun_trip_count consecutive late scans", ANY_STATE),
+     "contactor feedback differs from the crusher command for timers.feedback_timeout_s", ANY_STATE,
+     (), "1oo1", ("timers.feedback_timeout_s",)),
+    ("output_write", "outputs", "the backend failed to write an output", ANY_STATE, (), "-", ()),
+    ("scan_overrun", "scan loop", "cell.overrun_trip_count consecutive late scans", ANY_STATE,
+     ("cell.overrun_trip_count",), "-", ()),
     ("self_test", "BOOT", "a sensor unhealthy, an input unreadable, E-stop open or crusher feedback on "
-     "at the end of timers.self_test_s", _mask(BOOT)),
+     "at the end of timers.self_test_s", _mask(BOOT), (), "-", ("timers.self_test_s",)),
 )
+# sensor_fault:<name>: one rule per sensor, generated below. Limits and delays name the sensor's keys.
+SENSOR_FAULT_RULE = ("sensor unhealthy: a backend fault, NaN, outside range, older than stale_s, "
+                     "or not moving beyond resolution for stuck_s",
+                     ("sensors.{}.range",), "1oo1", ("sensors.{}.stale_s", "sensors.{}.stuck_s"))
 SENSOR_FAULT_STATES = OPERATING  # sensor_fault:<name> for every non-O2 sensor except n2_supply
 
 
-def _build_causes():
+def _build_causes():  # pragma: no mutate block
     names = []
     masks = []
     for rule in TRIP_RULES:
@@ -148,28 +176,84 @@ ALARMS = (
     ("o2_vote_degraded", "warning", OPERATING | _mask(TRIPPED)),
     ("o2_deviation", "warning", OPERATING | _mask(TRIPPED)),
     ("rto_not_ready", "warning", INERT),
-) + tuple(("sensor_fault:" + s, "fault", OPERATING | _mask(TRIPPED)) for s in SENSORS)
+) + tuple(("sensor_fault:" + s, "fault", OPERATING | _mask(TRIPPED)) for s in SENSORS) + tuple(
+    # A bump test or calibration is due (the loop tells, from the calibration records and the date).
+    ("calibration_due:" + s, "warning", OPERATING | _mask(TRIPPED)) for s in CALIBRATED_SENSORS)
 _A = {a[0]: i for i, a in enumerate(ALARMS)}
 ALARM_MASKS = tuple(a[2] for a in ALARMS)
 ALARM_OFF_DELAY_MS = 2000   # an alarm clears only after its condition has been gone this long
 NO_ALARMS = [False] * len(ALARMS)
 A_O2, A_O2_DEVIATION, A_O2_DEGRADED = _A["o2"], _A["o2_deviation"], _A["o2_vote_degraded"]
 A_DP, A_TEMP_RISE, A_N2, A_RTO = _A["dp_cell"], _A["temp_rise"], _A["n2_supply"], _A["rto_not_ready"]
-A_LEL_RTO = _A["lel_rto"]
 N_INPUTS = len(INPUTS)
 FAILSAFE_INPUTS = tuple(INPUT_FAILSAFE[n] for n in INPUTS)
 # Warnings that, held for warning_hold_s in RUNNING, bring a controlled stop.
 HELD_WARNINGS = tuple(_A[n] for n in ("o2", "h2_cell", "lel_cell", "co_cell", "hf_room", "temp_gas",
                                       "temp_material", "temp_rise", "dp_cell"))
 
+# Alarms that only inform: they neither block `start` (unless a permissive says so) nor stop crushing.
+ADVISORY_ALARMS = tuple(_A["calibration_due:" + s] for s in CALIBRATED_SENSORS)
+A_CALIBRATION = {s: _A["calibration_due:" + s] for s in CALIBRATED_SENSORS}
+
 CONTROLLED_STOPS = (
-    # reason, condition (documents): each brings RUNNING -> STOPPING at once
+    # reason, condition (documents), alarm it follows (None: the held-warning rule), limits, delay.
+    # Each brings RUNNING -> STOPPING at once; the first that applies names the stop.
     ("warning_held", "a warning (o2, h2_cell, lel_cell, co_cell, hf_room, temp_gas, temp_material, "
-     "temp_rise, dp_cell) active for timers.warning_hold_s"),
-    ("lel_rto_warning", "lel_rto >= lel_rto.warning"),
-    ("o2_vote_degraded", "one O2 sensor unhealthy (vote degraded to 1oo2)"),
-    ("n2_supply_low", "n2_supply < n2_supply.low or unhealthy"),
-    ("rto_not_ready", "rto_ready false"),
+     "temp_rise, dp_cell) active for timers.warning_hold_s", None,
+     ("thresholds.o2.warning", "thresholds.h2_cell.warning", "thresholds.lel_cell.warning",
+      "thresholds.co_cell.warning", "thresholds.hf_room.warning", "thresholds.temp_gas.warning",
+      "thresholds.temp_material.warning", "thresholds.temp_rise.warning", "thresholds.dp_cell.warning_low",
+      "thresholds.dp_cell.warning_high"), ("timers.warning_hold_s",)),
+    ("lel_rto_warning", "lel_rto >= lel_rto.warning", "lel_rto", ("thresholds.lel_rto.warning",), ()),
+    ("o2_vote_degraded", "one O2 sensor unhealthy (vote degraded to 1oo2)", "o2_vote_degraded", (), ()),
+    ("n2_supply_low", "n2_supply < n2_supply.low or unhealthy", "n2_supply", ("thresholds.n2_supply.low",),
+     ()),
+    ("rto_not_ready", "rto_ready false", "rto_not_ready", (), ()),
+)
+STOP_ALARMS = tuple((c[0], _A[c[2]]) for c in CONTROLLED_STOPS if c[2] is not None)
+
+# Permissives: what each guarded transition needs. The guards below run these rows in order and
+# the first failing check names the refusal. (guard, name, signal, condition, limits, check method)
+PERMISSIVES = (
+    ("guard_purge", "estop_closed", "estop_ok", "E-stop chain closed", (), "_p_estop"),
+    ("guard_purge", "door_closed", "door_closed", "door closed", (), "_p_door"),
+    ("guard_start", "remote_enable", "remote_enable", "a remote start needs the key switch", (),
+     "_p_remote_enable"),
+    ("guard_start", "o2_all_healthy", "o2 (o2_a, o2_b, o2_c)", "all three O2 sensors healthy", (),
+     "_p_o2_healthy"),
+    ("guard_start", "o2_below_permissive", "o2 (voted)", "voted O2 < o2.start_permissive",
+     ("thresholds.o2.start_permissive",), "_p_o2_low"),
+    ("guard_start", "no_alarm", "alarms", "no active alarm (calibration_due alone does not block)", (),
+     "_p_no_alarm"),
+    ("guard_start", "rto_ready", "rto_ready", "RTO ready to take the off-gas", (), "_p_rto"),
+    ("guard_start", "crusher_off", "crusher_running", "no contactor feedback before the start", (),
+     "_p_crusher_off"),
+    ("guard_start", "calibration_in_date", "calibration records",
+     "no gas sensor overdue for bump test or calibration by more than calibration.grace_days",
+     ("calibration.bump_interval_days", "calibration.calibration_interval_days", "calibration.grace_days"),
+     "_p_calibration"),
+    ("guard_reset", "reset_source", "command source", "local, unless cell.remote_reset = true",
+     ("cell.remote_reset",), "_p_reset_source"),
+    ("guard_reset", "causes_clear", "latched causes", "every latched cause clear for timers.reset_hold_s",
+     ("timers.reset_hold_s",), "_p_causes_clear"),
+)
+
+
+def _guard_checks(guard):  # pragma: no mutate block
+    return tuple(row[5] for row in PERMISSIVES if row[0] == guard)
+
+
+GUARD_CHECKS = {g: _guard_checks(g) for g in ("guard_purge", "guard_start", "guard_reset")}
+
+# Transitions the core takes by itself (no command): event, signal, condition, limits, delay.
+AUTOMATIC = (
+    ("self_test_passed", "BOOT", "every sensor healthy, inputs readable, E-stop closed, no contactor "
+     "feedback (a persisted latch goes to TRIPPED instead)", (), ("timers.self_test_s",)),
+    ("inerted", "o2 (voted)", "at least two O2 sensors healthy and voted O2 < o2.start_permissive",
+     ("thresholds.o2.start_permissive",), ("timers.purge_hold_s",)),
+    ("permissive_lost", "o2 (voted)", "voted O2 >= o2.start_permissive + o2.permissive_hysteresis "
+     "(or the vote lost)", ("thresholds.o2.start_permissive", "thresholds.o2.permissive_hysteresis"), ()),
+    ("rundown_done", "STOPPING timer", "the crusher ran down with the feed off", (), ("timers.rundown_s",)),
 )
 
 _S = {name: i for i, name in enumerate(SENSORS)}
@@ -255,7 +339,6 @@ class Core:
         self.state = BOOT
         self.state_since = start_ms
         self.now = start_ms
-        self.started_ms = start_ms
         self.events = []                   # event dicts, drained by the caller
         self.command_results = []          # (accepted, reason) per command of the last step
         self.latched = []                  # cause indices of the latched trip, in order
@@ -275,12 +358,16 @@ class Core:
         self.purge_ok_since = None
         self.warn_since = None
         self.feedback_bad_since = None
-        self.stop_reason = None
         self.changed = []
         self.alarm_now = [False] * len(ALARMS)
         self.alarm_clear_since = [None] * len(ALARMS)
         self.clear_pending = 0
         self.command_source = "local"
+        self.calibration_due = ()          # alarm indices of sensors due (given by the loop)
+        self.calibration_overdue = ()      # names overdue beyond the grace: `start` is refused
+        self.restored_acks = []            # alarm indices acknowledged before a restart
+        self.restored_trip_acked = False
+        self.persist_gen = 0               # bumped when what survives a restart changes
 
     # -- public helpers ---------------------------------------------------------------------
     @property
@@ -297,13 +384,33 @@ class Core:
     def outputs_dict(self):
         return {OUTPUTS[i]: self.outputs[i] for i in range(len(OUTPUTS))}
 
-    def restore_latch(self, causes):
-        """Start latched: a persisted trip survives a restart and still needs a reset."""
+    def restore_latch(self, causes, trip_acked=False, acked_alarms=()):
+        """Start latched: a persisted trip survives a restart and still needs a reset.
+
+        trip_acked / acked_alarms: the acknowledgement state before the restart, so a horn that
+        an operator silenced stays silent for the same alarms (a new alarm still sounds).
+        """
         for name in causes:
             i = _C.get(name)
             if i is not None and i not in self.latched:
                 self.latched.append(i)
                 self.last_active[i] = self.now   # the reset hold counts from this start
+        self.restored_trip_acked = bool(trip_acked) and bool(self.latched)
+        self.restored_acks = [_A[n] for n in acked_alarms if n in _A]
+        self.persist_gen += 1
+
+    def set_calibration(self, due=(), overdue=()):
+        """Sensors whose bump test or calibration is due, and those overdue beyond the grace.
+
+        The core reads no clock and no file: the loop computes both from the records and the date.
+        """
+        self.calibration_due = tuple(A_CALIBRATION[n] for n in due if n in A_CALIBRATION)
+        self.calibration_overdue = tuple(n for n in overdue if n in A_CALIBRATION)
+
+    def ack_state(self):
+        """(trip acknowledged, names of active alarms acknowledged): what a restart must keep."""
+        return (self.trip_acked, [ALARMS[k][0] for k in range(len(ALARMS))
+                                  if self.alarm_active[k] and self.alarm_acked[k]])
 
     # -- the scan ---------------------------------------------------------------------------
     def step(self, now, readings, inputs, commands=(), overruns=0, write_ok=True):
@@ -449,6 +556,9 @@ class Core:
         for ci in hits:
             last_active[ci] = now
 
+        for k in self.calibration_due:
+            alarm[k] = True   # a gas sensor not bump-tested or calibrated in time may read wrong
+
         # 8. Alarms: events on change; the horn sounds until acknowledged. ------------------
         self._update_alarms(alarm, sbit)
 
@@ -473,20 +583,24 @@ class Core:
             # A new hazard while tripped joins the latch if it would trip the state reset leads to.
             new = None
             for ci in hits:
-                if (CAUSE_MASKS[ci] & ((1 << PURGING) | (1 << TRIPPED))) and ci not in self.latched:
+                # (every cause that can be judged in TRIPPED and trips anywhere else trips PURGING)
+                if (CAUSE_MASKS[ci] & (1 << PURGING)) and ci not in self.latched:
                     self.latched.append(ci)
                     if new is None:
                         new = []
                     new.append(CAUSES[ci])
             if new is not None:
                 self.trip_acked = False
+                self.persist_gen += 1
                 ev.append({"t": now / 1000.0, "type": "trip", "causes": new})
 
         for cmd in commands:
-            self._command(cmd[0], cmd[1])
+            self._command(cmd[0], cmd[1], cmd[2] if len(cmd) > 2 else None)
 
         self._automatic(now)
-        return self._outputs(di[3])
+        # The feed needs positive feedback that the crusher turns: an unreadable contactor input
+        # counts as "running" for the feedback trip (worst case) but never enables the feed.
+        return self._outputs(di[3] and inputs[3] is not None)
 
     # -- pieces of the scan ---------------------------------------------------------------------
     def _update_alarms(self, alarm, sbit):
@@ -511,11 +625,15 @@ class Core:
                 changed = True
                 act[k] = on
                 if on:
-                    self.alarm_acked[k] = False
+                    if k in self.restored_acks:
+                        self.restored_acks.remove(k)   # acknowledged before the restart
+                    else:
+                        self.alarm_acked[k] = False
                 self.events.append({"t": self.now / 1000.0, "type": "alarm", "name": ALARMS[k][0],
                                     "active": on, "severity": ALARMS[k][1]})
         self.clear_pending = pending
         if changed:
+            self.persist_gen += 1
             self._alarm_summary()
 
     def _alarm_summary(self):
@@ -540,6 +658,7 @@ class Core:
             if ci not in self.latched:
                 self.latched.append(ci)
         self.trip_acked = False
+        self.persist_gen += 1
         self.events.append({"t": self.now / 1000.0, "type": "trip", "causes": [CAUSES[i] for i in causes]})
         self._go(TRIPPED, "trip:" + ",".join(CAUSES[i] for i in causes))
 
@@ -549,6 +668,7 @@ class Core:
         self.state = target
         self.state_since = self.now
         self.purge_ok_since = None
+        self.persist_gen += 1
         if target == PURGING:
             self.latched = []   # only a reset leaves TRIPPED, and it goes to PURGING
 
@@ -566,8 +686,8 @@ class Core:
         return ("'" + event + "' does not apply in " + STATES[self.state]
                 + " (only in " + ", ".join(wanted) + ")")
 
-    def _command(self, action, source):
-        """Handle one command: a refused command changes nothing."""
+    def _command(self, action, source, by=None):
+        """Handle one command: a refused command changes nothing. `by`: the operator, if known."""
         reason = None
         if action not in COMMANDS:
             reason = "unknown action '" + str(action) + "'"
@@ -580,14 +700,18 @@ class Core:
             reason = self._fire(action, "command:" + action)
         accepted = reason is None
         self.command_results.append((accepted, "" if accepted else reason))
-        self.events.append({"t": self.now / 1000.0, "type": "command", "action": action, "source": source,
-                            "accepted": accepted, "reason": "" if accepted else reason})
+        event = {"t": self.now / 1000.0, "type": "command", "action": action, "source": source,
+                 "accepted": accepted, "reason": "" if accepted else reason}
+        if by is not None:
+            event["by"] = by
+        self.events.append(event)
 
     def _ack(self):
         for k in range(len(ALARMS)):
             if self.alarm_active[k]:
                 self.alarm_acked[k] = True
         self.trip_acked = True
+        self.persist_gen += 1
         self._alarm_summary()
 
     def _automatic(self, now):
@@ -597,6 +721,8 @@ class Core:
             if now - self.state_since >= self.self_test_ms:
                 if self.latched:
                     self._trip(list(self.latched))   # a persisted latch survives the restart
+                    if self.restored_trip_acked:
+                        self.trip_acked = True       # silenced before the restart: stays silent
                 else:
                     self._fire("self_test_passed", "self_test_passed")
         elif state == PURGING:
@@ -625,16 +751,12 @@ class Core:
             for k in HELD_WARNINGS:
                 if act[k]:
                     return "warning:" + ALARMS[k][0]
-        if not any(act):
-            return None
-        if act[A_LEL_RTO]:
-            return "lel_rto_warning"   # RTO inlet near its limit: stop making vapour
-        if act[A_O2_DEGRADED]:
-            return "o2_vote_degraded"  # one more failure would blind the O2 trip
-        if act[A_N2]:
-            return "n2_supply_low"     # inerting cannot be sustained
-        if act[A_RTO]:
-            return "rto_not_ready"     # nowhere safe for the off-gas
+        # CONTROLLED_STOPS, in order: lel_rto near its limit (stop making vapour), one O2 sensor
+        # lost (one more failure would blind the O2 trip), N2 low (inerting cannot be sustained),
+        # RTO not ready (nowhere safe for the off-gas).
+        for reason, k in STOP_ALARMS:
+            if act[k]:
+                return reason
         return None
 
     def _build_output_table(self):
@@ -669,36 +791,77 @@ class Core:
             self.events.append({"t": self.now / 1000.0, "type": "outputs", "outputs": self.outputs_dict()})
         return self.outputs
 
-    # -- guards -----------------------------------------------------------------------------------
+    # -- guards: each runs its rows of PERMISSIVES in order; the first refusal is the reason ------
+    def _guard(self, guard):
+        for check in GUARD_CHECKS[guard]:
+            reason = getattr(self, check)()
+            if reason is not None:
+                return reason
+        return None
+
     def guard_purge(self):
-        di = self.inputs
-        if not di[0]:
+        return self._guard("guard_purge")
+
+    def guard_start(self):
+        return self._guard("guard_start")
+
+    def guard_reset(self):
+        return self._guard("guard_reset")
+
+    def _p_estop(self):
+        if not self.inputs[0]:
             return "E-stop chain open (estop_ok false)"
-        if not di[1]:
+        return None
+
+    def _p_door(self):
+        if not self.inputs[1]:
             return "door open (door_closed false)"
         return None
 
-    def guard_start(self):
-        di = self.inputs
-        if getattr(self, "command_source", "local") == "remote" and not di[5]:
+    def _p_remote_enable(self):
+        if self.command_source == "remote" and not self.inputs[5]:
             return "remote start needs the remote_enable key switch"
+        return None
+
+    def _p_o2_healthy(self):
         if self.o2_bad:
             return "O2 vote degraded: all three O2 sensors must be healthy to start"
+        return None
+
+    def _p_o2_low(self):
         if not self.voted_o2 < self.o2_permissive:
             return ("voted O2 " + _fmt(self.voted_o2) + " % is not below start_permissive "
                     + _fmt(self.o2_permissive) + " %")
+        return None
+
+    def _p_no_alarm(self):
         for k in range(len(ALARMS)):
-            if self.alarm_active[k]:
+            if self.alarm_active[k] and k not in ADVISORY_ALARMS:
                 return "alarm active: " + ALARMS[k][0]
-        if not di[2]:
+        return None
+
+    def _p_rto(self):
+        if not self.inputs[2]:
             return "RTO not ready"
-        if di[3]:
+        return None
+
+    def _p_crusher_off(self):
+        if self.inputs[3]:
             return "crusher feedback already on"
         return None
 
-    def guard_reset(self):
-        if getattr(self, "command_source", "local") == "remote" and not self.remote_reset:
+    def _p_calibration(self):
+        if self.calibration_overdue:
+            return ("calibration overdue beyond the grace: " + ", ".join(self.calibration_overdue)
+                    + " (record the bump test or calibration: crushcell calibration record)")
+        return None
+
+    def _p_reset_source(self):
+        if self.command_source == "remote" and not self.remote_reset:
             return "remote reset not allowed (cell.remote_reset = false): reset at the local panel"
+        return None
+
+    def _p_causes_clear(self):
         holding = []
         for ci in self.latched:
             t = self.last_active[ci]

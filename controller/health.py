@@ -19,8 +19,6 @@ class SensorHealth:
     def __init__(self, sensors, peer_groups=()):
         # sensors: tuple of (name, low, high, stale_ms, stuck_ms, resolution)
         n = len(sensors)
-        self.n = n
-        self.names = tuple(s[0] for s in sensors)
         self.low = [float(s[1]) for s in sensors]
         self.high = [float(s[2]) for s in sensors]
         self.stale_ms = [int(s[3]) for s in sensors]
@@ -63,7 +61,7 @@ class SensorHealth:
                 else:
                     q = GOOD
             else:
-                q = self._fault(r, lo, hi, stale, now)
+                q = self._fault(r, lo, hi)
             if q is not quality[i]:
                 quality[i] = q
                 if healthy[i] != (q is GOOD):
@@ -74,7 +72,8 @@ class SensorHealth:
                 changed.append(i)
             i += 1
 
-    def _fault(self, r, lo, hi, stale, now):
+    def _fault(self, r, lo, hi):
+        """Why an unhealthy reading is unhealthy; reached only when a check in update() failed."""
         fault = r[1]
         v = r[0]
         if fault is not None:

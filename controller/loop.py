@@ -65,7 +65,7 @@ class ScanLoop:
         self.period_ms = int(round(config.scan_period_s * 1000))
         self.events: collections.deque[dict] = collections.deque()
         self.events_dropped = 0
-        self.commands: collections.deque[tuple[str, str, Reply | None]] = collections.deque()
+        self.commands: collections.deque[tuple[str, str, Reply | None, str | None]] = collections.deque()
         self.overruns = 0               # consecutive late scans
         self.overruns_total = 0
         self.scans = 0
@@ -82,17 +82,50 @@ class ScanLoop:
         self.latest: Snapshot | None = None
         self.stop_requested = False
         self.last_scan_s = 0.0          # cost of the last scan (s), for the status line
-        self._pending: list[tuple[str, str, Reply | None]] = []
+        self._pending: list[tuple[str, str, Reply | None, str | None]] = []
         self.lateness_s: list[float] | None = None   # benchmarks: scan start minus its slot
         self.wake = threading.Event()   # set when events wait: the pump need not poll
+        # Calibration status handed in by another thread: (due names, overdue names), applied at a scan.
+        self._calibration: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._calibration_applied: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        # What must survive a restart, as an immutable tuple the pump thread may read at any time:
+        # (persist_gen, latched causes, trip acknowledged, acknowledged active alarms).
+        self._persist_gen = -1
+        self.latch_state: tuple[int, tuple[str, ...], bool, tuple[str, ...]] = (-1, (), True, ())
+        self.publish_latch()
+
+    def __getstate__(self) -> dict:
+        """Snapshots of a loop (the fault-matrix tests copy one per state) leave the Event out."""
+        state = self.__dict__.copy()
+        del state["wake"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.wake = threading.Event()
 
     # -- called from any thread ----------------------------------------------------------------
-    def submit(self, action: str, source: str, reply: Reply | None = None) -> bool:
-        """Queue a command for the next scan; False (and no reply) if the queue is full."""
+    def submit(self, action: str, source: str, reply: Reply | None = None, *, by: str | None = None) -> bool:
+        """Queue a command for the next scan; False (and no reply) if the queue is full.
+
+        by: who sent it (an operator name from the plant link), recorded in the command event.
+        """
         if len(self.commands) >= COMMAND_QUEUE_MAX:
             return False
-        self.commands.append((action, source, reply))
+        self.commands.append((action, source, reply, by))
         return True
+
+    def set_calibration(self, due: tuple[str, ...] | list[str], overdue: tuple[str, ...] | list[str]) -> None:
+        """Gas sensors due for a bump test or calibration, and those overdue beyond the grace."""
+        self._calibration = (tuple(due), tuple(overdue))
+
+    def publish_latch(self) -> None:
+        """Copy what must survive a restart into `latch_state` (only when the core says it changed)."""
+        core = self.core
+        if core.persist_gen != self._persist_gen:
+            self._persist_gen = core.persist_gen
+            trip_acked, acked = core.ack_state()
+            self.latch_state = (core.persist_gen, tuple(core.causes()), trip_acked, tuple(acked))
 
     def request_snapshot(self) -> None:
         self.snapshot_wanted = True
@@ -125,19 +158,25 @@ class ScanLoop:
             pop = self.commands.popleft
             while self.commands:
                 pending.append(pop())
-            cmds = tuple((c[0], c[1]) for c in pending)
+            cmds = tuple((c[0], c[1]) if c[3] is None else (c[0], c[1], c[3]) for c in pending)
         else:
             cmds = ()
+        cal = self._calibration
+        if cal is not self._calibration_applied:
+            self._calibration_applied = cal
+            if cal is not None:
+                core.set_calibration(cal[0], cal[1])
         outputs = core.step(now_ms, readings, inputs, cmds, self.overruns, self.write_ok)
         self.write_ok = bool(io.write_outputs(outputs))
         self.scans += 1
         if pending:
             state = core.state_name
-            for (_a, _s, reply), (accepted, reason) in zip(pending, core.command_results, strict=False):
+            for (_a, _s, reply, _by), (accepted, reason) in zip(pending, core.command_results, strict=False):
                 if reply is not None:
                     reply(accepted, reason, state)
             pending.clear()
-        if core.events:
+        ev_waiting = bool(core.events)
+        if ev_waiting:
             ev = self.events
             for e in core.events:
                 ev.append(e)
@@ -145,6 +184,10 @@ class ScanLoop:
             while len(ev) > EVENT_QUEUE_MAX:
                 ev.popleft()
                 self.events_dropped += 1
+        if core.persist_gen != self._persist_gen:
+            self.publish_latch()
+            self.wake.set()   # a changed latch is written at once, not at the next poll
+        elif ev_waiting:
             self.wake.set()
         healthy = self.write_ok and self.overruns == 0
         if healthy:

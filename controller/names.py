@@ -9,6 +9,8 @@ SENSORS = (
     "lel_rto", "temp_gas", "temp_material", "dp_cell", "n2_supply",
 )
 O2_SENSORS = ("o2_a", "o2_b", "o2_c")
+# Gas sensors that need bump tests and calibrations (electrochemical, NDIR): tracked per sensor.
+CALIBRATED_SENSORS = ("o2_a", "o2_b", "o2_c", "lel_cell", "h2_cell", "co_cell", "hf_room", "lel_rto")
 INPUTS = ("estop_ok", "door_closed", "rto_ready", "crusher_running", "local_reset", "remote_enable")
 OUTPUTS = ("crusher", "feed", "n2_purge", "n2_boost", "exhaust", "vent", "alarm")
 STATES = ("BOOT", "IDLE", "PURGING", "READY", "RUNNING", "STOPPING", "TRIPPED")

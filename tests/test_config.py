@@ -156,5 +156,5 @@ def test_bad_cli_arguments_give_usage_not_traceback(argv):
 
 def test_unknown_top_level_table_is_named():
     errs = errors_of(lambda d: d.__setitem__("mqqt", {"host": "x"}))
-    assert errs == ["config/cell.toml: unknown key 'mqqt' (likely a typo; known keys here: cell, inputs, "
-                    "mqtt, outputs, sensors, thresholds, timers, voting, watchdog)"]
+    assert errs == ["config/cell.toml: unknown key 'mqqt' (likely a typo; known keys here: calibration, "
+                    "cell, inputs, mqtt, outputs, sensors, thresholds, timers, voting, watchdog)"]

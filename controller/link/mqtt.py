@@ -322,7 +322,8 @@ class PlantLink:
                 event = self._enrich(event)
             if event.get("type") in status_events:
                 self._want_status()
-            rows.append((ts, payloads.event_body(event, ts)))
+            body, seq = payloads.event_body(event, ts)
+            rows.append((ts, body, seq))
         dropped = self.outbox.append(rows)
         if dropped:
             log.warning("plant link: outbox full (%d events): dropped the %d oldest; %d dropped in all",

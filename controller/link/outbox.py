@@ -64,15 +64,18 @@ class Outbox:
                               "check that --state-dir is writable") from None
 
     # -- writing ---------------------------------------------------------------------------------
-    def append(self, items: Iterable[tuple[float, str]]) -> int:
-        """Store (ts, body) rows in one transaction; `body` is JSON text ending in '}' without seq.
+    def append(self, items: Iterable[tuple[float, str, int | None]]) -> int:
+        """Store (ts, body, seq) rows in one transaction; `body` is JSON text ending in '}' without seq.
 
+        `seq` is the number the controller gave the event (the same one in its event log and
+        journal); None, or a number that would not move forward (a lost latch file), gets the
+        next free one instead, so the published sequence only ever rises.
         Returns how many of the oldest events had to be dropped to stay within `max_events`.
         """
         rows = []
         seq = self.last_seq
-        for ts, body in items:
-            seq += 1
+        for ts, body, wanted in items:
+            seq = wanted if wanted is not None and wanted > seq else seq + 1
             rows.append((seq, ts, body[:-1] + f',"seq":{seq}}}'))
         if not rows:
             return 0

@@ -49,11 +49,15 @@ def num(value: float) -> float | None:
 
 
 # -- events ---------------------------------------------------------------------------------------
-def event_body(event: dict, ts: float) -> str:
-    """An event record as published, without its seq (the outbox adds it): fields + wall-clock ts."""
+def event_body(event: dict, ts: float) -> tuple[str, int | None]:
+    """An event record as published, without its seq (the outbox adds it): fields + wall-clock ts.
+
+    Returns the body and the seq the controller already gave the event (None if it gave none).
+    """
     record = dict(event)
+    seq = record.pop("seq", None)
     record["ts"] = round(ts, 6)
-    return dumps(record)
+    return dumps(record), seq if isinstance(seq, int) else None
 
 
 def historical(body: str) -> str:

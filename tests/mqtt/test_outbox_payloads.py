@@ -17,7 +17,7 @@ from controller.link.outbox import Outbox
 def test_outbox_keeps_order_drops_oldest_counted_and_seq_survives_reopen(tmp_path):
     path = str(tmp_path / "o.sqlite3")
     box = Outbox(path, max_events=1000, sync="normal")
-    assert box.append([(1.0, payloads.event_body({"type": "x", "i": i}, 1.0)) for i in range(1200)]) == 200
+    assert box.append([(1.0, *payloads.event_body({"type": "x", "i": i}, 1.0)) for i in range(1200)]) == 200
     assert (box.pending, box.dropped, box.last_seq) == (1000, 200, 1200)
     rows = box.read_after(0, 5)
     assert [r[0] for r in rows] == [201, 202, 203, 204, 205]
@@ -27,13 +27,26 @@ def test_outbox_keeps_order_drops_oldest_counted_and_seq_survives_reopen(tmp_pat
     box.close()
     again = Outbox(path, max_events=1000)
     assert (again.pending, again.dropped, again.last_seq) == (0, 200, 1200)
-    again.append([(2.0, payloads.event_body({"type": "y"}, 2.0))])
+    again.append([(2.0, *payloads.event_body({"type": "y"}, 2.0))])
     assert again.read_after(0, 10)[0][0] == 1201
     again.close()
 
 
+def test_outbox_keeps_the_controllers_seq_and_never_goes_back(tmp_path):
+    box = Outbox(str(tmp_path / "o.sqlite3"), max_events=1000)
+    box.append([(1.0, *payloads.event_body({"type": "x", "seq": 41}, 1.0)),
+                (1.0, *payloads.event_body({"type": "x", "seq": 42}, 1.0))])
+    # A lost latch file restarts the controller's numbering: the outbox still moves forward.
+    box.append([(2.0, *payloads.event_body({"type": "y", "seq": 1}, 2.0))])
+    rows = box.read_after(0, 10)
+    assert [r[0] for r in rows] == [41, 42, 43]
+    assert [json.loads(r[2])["seq"] for r in rows] == [41, 42, 43]
+    assert rows[0][2].count('"seq"') == 1
+    box.close()
+
+
 def test_nan_travels_as_null_and_batches_unpack():
-    body = payloads.event_body({"type": "scenario", "value": math.nan}, 5.0)
+    body, _seq = payloads.event_body({"type": "scenario", "value": math.nan}, 5.0)
     assert json.loads(body)["value"] is None
     snap = FakeLoop().snapshot()
     tel = json.loads(payloads.dumps(payloads.telemetry(snap, ts=1.0, seq=3, units={"co_cell": "ppm"})))
