@@ -362,6 +362,7 @@ class Core:
         self.alarm_now = [False] * len(ALARMS)
         self.alarm_clear_since = [None] * len(ALARMS)
         self.clear_pending = 0
+        self.alarm_sbit = 0                # the state bit alarms were last judged in
         self.command_source = "local"
         self.calibration_due = ()          # alarm indices of sensors due (given by the loop)
         self.calibration_overdue = ()      # names overdue beyond the grace: `start` is refused
@@ -605,8 +606,9 @@ class Core:
     # -- pieces of the scan ---------------------------------------------------------------------
     def _update_alarms(self, alarm, sbit):
         act = self.alarm_active
-        if alarm == act and not self.clear_pending:
-            return   # the usual scan: nothing changed
+        if alarm == act and not self.clear_pending and sbit == self.alarm_sbit:
+            return   # the usual scan: nothing changed, not even the state the masks apply to
+        self.alarm_sbit = sbit
         masks = ALARM_MASKS
         changed = False
         clear_since = self.alarm_clear_since

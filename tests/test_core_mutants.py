@@ -416,12 +416,13 @@ def test_deviation_alarm_boundary():
     b.values.update(o2_c=1.15)                          # 0.65 away
     b.scan()
     assert b.core.alarm_active[k]
-    b.values.update(o2_a=0.5, o2_b=1.15, o2_c=0.5)       # b alone away
-    b.scan()
-    assert b.core.alarm_active[k]
-    b.values.update(o2_a=1.15, o2_b=0.5, o2_c=0.5)       # a alone away
-    b.scan()
-    assert b.core.alarm_active[k]
+    for away in ("o2_b", "o2_a"):                        # each alone away, after a clean slate
+        b.values.update(o2_a=0.5, o2_b=0.5, o2_c=0.5)
+        b.run(2.5)                                       # past the alarm off-delay
+        assert not b.core.alarm_active[k]
+        b.values[away] = 1.15
+        b.scan()
+        assert b.core.alarm_active[k], away
 
 
 def test_dp_band_alarm_both_sides():
@@ -970,3 +971,36 @@ def test_every_unhealthy_sensor_raises_its_own_fault_alarm():
 def test_core_clock_starts_at_zero_by_default():
     c = Core(params())
     assert c.now == 0 and c.state_since == 0
+
+
+def test_an_alarm_leaving_its_states_clears_at_once_without_the_off_delay():
+    names = [a[0] for a in ALARMS]
+    k = names.index("o2")
+    b = running()
+    b.values.update(o2_a=2.1, o2_b=2.1, o2_c=2.1)     # O2 warning (crushing only), below the trip
+    b.scan()
+    assert b.core.alarm_active[k]
+    b.command("stop")
+    while b.core.state_name == "STOPPING":
+        b.scan()
+    # Alarms are judged in the state a scan starts in: the first scan outside STOPPING ends the
+    # O2 warning at once (its states no longer apply), with no off-delay.
+    b.scan()
+    assert not b.core.alarm_active[k]
+    off = [e for e in b.events("alarm") if e["name"] == "o2" and not e["active"]]
+    left = [e for e in b.events("state") if e["from"] == "STOPPING"]
+    assert off and left and abs(off[0]["t"] - left[0]["t"] - 0.1) < 1e-9
+
+
+def test_a_pending_clear_does_not_delay_other_alarms():
+    names = [a[0] for a in ALARMS]
+    b = bench()
+    b.to_state("IDLE")
+    b.values["h2_cell"] = 1.5
+    b.scan()
+    b.values["h2_cell"] = QUIET["h2_cell"]
+    b.scan()                                          # h2_cell now waits out its off-delay
+    assert b.core.alarm_active[names.index("h2_cell")]
+    b.values["hf_room"] = 0.6
+    b.scan()
+    assert b.core.alarm_active[names.index("hf_room")]   # raised in this very scan
