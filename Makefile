@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 ## run: the controller on the simulated cell, normal-shift scenario, $(SPEED)x real time
+# The demo starts from a clean cell every time: its state dir (latch, journal, outbox) is fresh.
+# A real controller keeps its --state-dir, so a latched trip survives a restart.
 run: $(STAMP)
-	$(VENV)/bin/crushcell run --config config/cell.toml --hal sim \
+	rm -rf var/demo
+	$(VENV)/bin/crushcell run --config config/cell.toml --hal sim --state-dir var/demo \
 		--scenario config/scenarios/normal_shift.toml --speed $(SPEED)
 
 ## test: install what the tests need (Python deps, Mosquitto) and run them all
