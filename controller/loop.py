@@ -178,8 +178,7 @@ class ScanLoop:
         ev_waiting = bool(core.events)
         if ev_waiting:
             ev = self.events
-            for e in core.events:
-                ev.append(e)
+            ev.extend(core.events)
             core.events.clear()
             while len(ev) > EVENT_QUEUE_MAX:
                 ev.popleft()
