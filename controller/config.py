@@ -11,15 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.configtools import InputFileError, Section, fmt, read_toml
+from controller import envelope
+from controller.configtools import MISSING, InputFileError, Section, fmt, read_toml
 from controller.link.settings import MqttSettings, read_mqtt
 from controller.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS
 from hal.bindings import read_binding
 
 # Thresholds the core reads, with the keys each must have. Order of keys: low to high.
 LEVEL_THRESHOLDS = ("h2_cell", "lel_cell", "lel_rto", "co_cell", "hf_room", "temp_gas", "temp_material")
-# Outputs whose safe (no power) state is fixed: they start motion or feed material.
-MUST_BE_SAFE_OFF = ("crusher", "feed", "alarm")
+# Sections added after the first release: what an older config must add (said in the error).
+ADDED_LATER = {
+    "outputs.horn": "the horn is a separate output since `alarm` became the beacon alone; "
+                    "add it with pin, active_low and safe = false",
+}
 
 
 class ConfigError(InputFileError):
@@ -71,16 +75,28 @@ class PlantConfig:
     mqtt: MqttSettings
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     calibration: dict[str, float] = field(default_factory=lambda: {k: v[0] for k, v in CALIBRATION.items()})
+    permissive_loss_limit: int = 3         # [cell]
+    vote_recovery_s: float = 10.0          # [voting.o2] recovery_s
+    frozen_s: float = 60.0                 # [voting.o2] frozen_s
 
     def safe_outputs(self) -> dict[str, bool]:
         return {name: self.outputs[name].safe for name in OUTPUTS}
 
     def core_params(self) -> dict[str, Any]:
-        """The plain data the MicroPython-compatible core needs: numbers, tuples, dicts."""
+        """The plain data the MicroPython-compatible core needs: numbers, tuples, dicts.
+
+        Where each envelope key lands here: controller/envelope.py PARAM_PATHS (the core checks
+        these values against the envelopes again with envelope.check_params)."""
         ms = {k: int(round(v * 1000)) for k, v in self.timers.items()}
+        ms["deviation_hold_s"] = int(round(self.thresholds["o2"]["deviation_hold_s"] * 1000))
+        ms["vote_recovery_s"] = int(round(self.vote_recovery_s * 1000))
+        ms["frozen_s"] = int(round(self.frozen_s * 1000))
+        thresholds = {k: dict(v) for k, v in self.thresholds.items()}
+        del thresholds["o2"]["deviation_hold_s"]   # a time: in timers_ms, with the others
         return {
             "scan_period_ms": int(round(self.scan_period_s * 1000)),
             "overrun_trip_count": self.overrun_trip_count,
+            "permissive_loss_limit": self.permissive_loss_limit,
             "remote_reset": self.remote_reset,
             "timers_ms": ms,
             "sensors": tuple(
@@ -88,20 +104,21 @@ class PlantConfig:
                  s.resolution)
                 for s in (self.sensors[n] for n in SENSORS)
             ),
-            "thresholds": {k: dict(v) for k, v in self.thresholds.items()},
+            "thresholds": thresholds,
             "safe": tuple(self.outputs[n].safe for n in OUTPUTS),
         }
 
 
 TIMERS = {
-    # key: (default, min, max)
-    "self_test_s": (2.0, 0.1, 60.0),
-    "purge_hold_s": (10.0, 1.0, 600.0),
-    "purge_timeout_s": (600.0, 10.0, 7200.0),
-    "warning_hold_s": (5.0, 0.0, 60.0),
-    "rundown_s": (15.0, 0.0, 300.0),
-    "reset_hold_s": (5.0, 1.0, 600.0),
-    "feedback_timeout_s": (2.0, 0.1, 30.0),
+    # key: default, in seconds. Bounds: controller/envelope.py (timers.<key>).
+    "self_test_s": 2.0,
+    "purge_hold_s": 10.0,
+    "purge_timeout_s": 600.0,
+    "warning_hold_s": 5.0,
+    "rundown_s": 15.0,
+    "reset_hold_s": 5.0,
+    "feedback_timeout_s": 2.0,
+    "feedback_window_s": 10.0,
 }
 
 CALIBRATION = {
@@ -120,28 +137,74 @@ def load(path: str | Path) -> PlantConfig:
     return parse(data, str(path), hashlib.sha256(blob).hexdigest())
 
 
+class _Envelope:
+    """Collects the values controller/envelope.py bounds, by dotted key, as they are read.
+
+    A value is kept only when it was read without an error (a missing or mistyped key is
+    already reported; its envelope and ordering rules are skipped rather than misfire)."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        self.values: dict[str, Any] = {}
+        self.sections: dict[str, Section] = {}
+
+    def read(self, section: Section, key: str, getter: Any, default: Any = MISSING, **kw: Any) -> Any:
+        before = len(self.errors)
+        value = getter(key, default, **kw)
+        if len(self.errors) == before and (section.has(key) or default is not MISSING):
+            full = f"{section.name}.{key}"
+            self.values[full] = value
+            self.sections[full] = section
+        return value
+
+    def number(self, section: Section, key: str, default: Any = MISSING) -> float:
+        return self.read(section, key, section.number, default)
+
+    def integer(self, section: Section, key: str, default: Any = MISSING) -> int:
+        return self.read(section, key, section.integer, default)
+
+    def boolean(self, section: Section, key: str, default: Any = MISSING) -> bool:
+        return self.read(section, key, section.boolean, default)
+
+    def pair(self, section: Section, key: str, default: Any = MISSING) -> tuple[float, float]:
+        return self.read(section, key, section.pair, default)
+
+    def report(self) -> None:
+        """Every value outside its envelope, and every broken ordering rule, as a config error."""
+        for key, _value, text in envelope.check(self.values.get, relative=True):
+            section = self.sections[key]
+            name = key[len(section.name) + 1:]
+            if section.has(name):
+                section.error(f"{name} = {fmt(section.data[name])} {text}")
+            else:
+                section.error(f"{name} (default {fmt(self.values[key])}) {text}")
+
+
 def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> PlantConfig:
     errors: list[str] = []
     root = Section(name, "", data, errors)
+    env = _Envelope(errors)
 
     cell = root.table("cell")
     cell_id = cell.string("id", nonempty=True)
-    if isinstance(cell_id, str) and (any(c in cell_id for c in "#+/ ") or not cell_id.isascii()):
+    if cell_id and (any(c in cell_id for c in "#+/ ") or not cell_id.isascii()):
         cell.key_error("id", "must be ASCII without spaces, '/', '#' or '+' (it is an MQTT topic level)")
-    scan_period_s = cell.number("scan_period_s", 0.1, minval=0.02, maxval=1.0)
-    overrun_trip_count = cell.integer("overrun_trip_count", 5, minval=1, maxval=100)
+    scan_period_s = env.number(cell, "scan_period_s", 0.1)
+    overrun_trip_count = env.integer(cell, "overrun_trip_count", 5)
+    permissive_loss_limit = env.integer(cell, "permissive_loss_limit", 3)
     remote_reset = cell.boolean("remote_reset", False)
     cell.check_unknown()
 
     timers_s = root.table("timers")
-    timers = {k: timers_s.number(k, d, minval=lo, maxval=hi) for k, (d, lo, hi) in TIMERS.items()}
+    timers = {k: env.number(timers_s, k, d) for k, d in TIMERS.items()}
     timers_s.check_unknown()
 
-    sensors = _read_sensors(root.table("sensors"))
-    thresholds = _read_thresholds(root.table("thresholds"), sensors)
-    o2_group = _read_voting(root.table("voting"), sensors)
-    inputs = _read_inputs(root.table("inputs"))
-    outputs = _read_outputs(root.table("outputs"))
+    sensors = _read_sensors(root.table("sensors"), env)
+    thresholds = _read_thresholds(root.table("thresholds"), env)
+    o2_group, vote_recovery_s, frozen_s = _read_voting(root.table("voting"), sensors, env)
+    pins: list[tuple[str, int]] = []
+    inputs = _read_inputs(root.table("inputs"), pins)
+    outputs = _read_outputs(root.table("outputs"), env, pins)
     watchdog = root.table("watchdog", {})
     heartbeat_pin = watchdog.integer("heartbeat_pin", 26, minval=0, maxval=63)
     watchdog.check_unknown()
@@ -149,9 +212,8 @@ def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> Pla
     calibration = {k: cal.number(k, d, minval=lo, maxval=hi) for k, (d, lo, hi) in CALIBRATION.items()}
     cal.check_unknown()
     mqtt = read_mqtt(root.table("mqtt", {}))
+    env.report()
 
-    pins = [(f"inputs.{n}", c.pin) for n, c in inputs.items()]
-    pins += [(f"outputs.{n}", c.pin) for n, c in outputs.items()]
     pins.append(("watchdog.heartbeat_pin", heartbeat_pin))
     seen: dict[int, str] = {}
     for where, pin in pins:
@@ -161,12 +223,19 @@ def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> Pla
     root.check_unknown()
     if errors:
         raise ConfigError(errors)
-    return PlantConfig(
+    plant = PlantConfig(
         path=name, sha256=sha256, cell_id=cell_id, scan_period_s=scan_period_s,
         overrun_trip_count=overrun_trip_count, remote_reset=remote_reset, timers=timers,
         sensors=sensors, thresholds=thresholds, o2_group=o2_group, inputs=inputs,
         outputs=outputs, heartbeat_pin=heartbeat_pin, mqtt=mqtt, raw=data, calibration=calibration,
+        permissive_loss_limit=permissive_loss_limit, vote_recovery_s=vote_recovery_s, frozen_s=frozen_s,
     )
+    # The core checks its parameters again at construction; what passes here must pass there
+    # (times are rounded to whole ms on the way).
+    problems = envelope.check_params(plant.core_params())
+    if problems:
+        raise ConfigError([f"{name}: core parameters: {p}" for p in problems])
+    return plant
 
 
 def _require_names(section: Section, expected: tuple[str, ...], what: str) -> None:
@@ -174,133 +243,105 @@ def _require_names(section: Section, expected: tuple[str, ...], what: str) -> No
         if key not in expected:
             section.used.add(key)
             section.error(f"unknown {what} '{key}' (likely a typo; expected: {', '.join(expected)})")
+    if section.missing:
+        return   # the whole section is missing: reported once
     for key in expected:
         if key not in section.data:
-            section.error(f"missing {what} '{key}'")
+            full = f"{section.name}.{key}"
+            hint = ADDED_LATER.get(full)
+            section.errors.append(f"{section.file}: missing section [{full}]: every {what} must be "
+                                  "configured" + (f" ({hint})" if hint else ""))
 
 
-def _read_sensors(section: Section) -> dict[str, SensorConfig]:
+def _read_sensors(section: Section, env: _Envelope) -> dict[str, SensorConfig]:
     _require_names(section, SENSORS, "sensor")
     sensors = {}
     for name in SENSORS:
         if name not in section.data:
             continue
         s = section.table(name)
-        low, high = s.pair("range")
+        low, high = env.pair(s, "range")
         sensors[name] = SensorConfig(
             name=name,
             unit=s.string("unit", nonempty=True),
             low=low,
             high=high,
-            stale_s=s.number("stale_s", minval=0.05, maxval=60.0),
-            stuck_s=s.number("stuck_s", minval=1.0, maxval=3600.0),
-            resolution=s.number("resolution", above=0.0, maxval=max(high - low, 1e-9) / 10),
+            stale_s=env.number(s, "stale_s"),
+            stuck_s=env.number(s, "stuck_s"),
+            resolution=env.number(s, "resolution"),
             hardware=read_binding(s.table("hardware")),
         )
         s.check_unknown()
     return sensors
 
 
-def _level(section: Section, name: str, sensors: dict[str, SensorConfig],
-           keys: tuple[str, ...] = ("warning", "trip")) -> dict[str, float]:
-    t = section.table(name)
-    values = {k: t.number(k) for k in keys}
-    sensor = sensors.get(name)
-    for k, v in values.items():
-        if sensor is not None and v == v and not sensor.low <= v <= sensor.high:
-            t.key_error(k, f"must lie inside the sensor's range [{fmt(sensor.low)}, {fmt(sensor.high)}]")
-    return values | {"_section": t}  # type: ignore[return-value]
-
-
-def _read_thresholds(section: Section, sensors: dict[str, SensorConfig]) -> dict[str, dict[str, float]]:
+def _read_thresholds(section: Section, env: _Envelope) -> dict[str, dict[str, float]]:
+    """Every threshold; bounds, order and sensor ranges: controller/envelope.py (env.report)."""
     out: dict[str, dict[str, float]] = {}
-    o2_range = sensors.get("o2_a")
     o2 = section.table("o2")
-    v = {k: o2.number(k, minval=0.0, maxval=21.0)
-         for k in ("start_permissive", "warning", "trip")}
-    v["permissive_hysteresis"] = o2.number("permissive_hysteresis", 0.3, above=0.0, maxval=5.0)
-    v["deviation"] = o2.number("deviation", 0.5, above=0.0, maxval=10.0)
-    o2.require_order("warning", "trip", v["warning"], v["trip"])
-    o2.require_order("start_permissive", "warning", v["start_permissive"], v["warning"])
-    if v["start_permissive"] + v["permissive_hysteresis"] >= v["trip"]:
-        o2.error("start_permissive + permissive_hysteresis must stay below trip "
-                 f"({fmt(v['start_permissive'] + v['permissive_hysteresis'])} >= {fmt(v['trip'])})")
-    if o2_range is not None and v["trip"] > o2_range.high:
-        o2.key_error("trip", "must lie inside the O2 sensors' range")
+    out["o2"] = {k: env.number(o2, k) for k in ("start_permissive", "warning", "trip")}
+    out["o2"]["permissive_hysteresis"] = env.number(o2, "permissive_hysteresis", 0.3)
+    out["o2"]["deviation"] = env.number(o2, "deviation", 0.5)
+    out["o2"]["deviation_hold_s"] = env.number(o2, "deviation_hold_s", 30.0)
     o2.check_unknown()
-    out["o2"] = v
 
-    for name in LEVEL_THRESHOLDS:
-        values = _level(section, name, sensors)
-        t = values.pop("_section")  # type: ignore[arg-type]
-        t.require_order("warning", "trip", values["warning"], values["trip"])
-        t.check_unknown()
-        out[name] = values
-
-    values = _level(section, "dp_cell", sensors, ("warning_low", "warning_high", "trip"))
-    t = values.pop("_section")  # type: ignore[arg-type]
-    t.require_order("warning_low", "warning_high", values["warning_low"], values["warning_high"], "below")
-    t.require_order("warning_high", "trip", values["warning_high"], values["trip"])
-    t.check_unknown()
-    out["dp_cell"] = values
-
-    values = _level(section, "n2_supply", sensors, ("low_low", "low"))
-    t = values.pop("_section")  # type: ignore[arg-type]
-    t.require_order("low_low", "low", values["low_low"], values["low"], "below")
-    t.check_unknown()
-    out["n2_supply"] = values
-
-    for name, has_warning, window_max in (("co_rise", False, 120.0), ("temp_rise", True, 600.0),
-                                          ("dp_rise", False, 60.0)):
+    tables: list[tuple[str, tuple[str, ...]]] = [(n, ("warning", "trip")) for n in LEVEL_THRESHOLDS]
+    tables += [("dp_cell", ("warning_low", "warning_high", "trip")), ("n2_supply", ("low_low", "low")),
+               ("co_rise", ("trip", "window_s")), ("temp_rise", ("warning", "trip", "window_s")),
+               ("dp_rise", ("trip", "window_s"))]
+    for name, keys in tables:
         t = section.table(name)
-        values = {"trip": t.number("trip", above=0.0),
-                  "window_s": t.number("window_s", minval=0.5, maxval=window_max)}
-        if has_warning:
-            values["warning"] = t.number("warning", above=0.0)
-            t.require_order("warning", "trip", values["warning"], values["trip"])
+        out[name] = {k: env.number(t, k) for k in keys}
         t.check_unknown()
-        out[name] = values
 
     section.check_unknown()
     return out
 
 
-def _read_voting(section: Section, sensors: dict[str, SensorConfig]) -> tuple[str, ...]:
+def _read_voting(section: Section, sensors: dict[str, SensorConfig],
+                 env: _Envelope) -> tuple[tuple[str, ...], float, float]:
     o2 = section.table("o2")
     names = o2.string_list("sensors")
+    recovery_s = env.number(o2, "recovery_s", 10.0)
+    frozen_s = env.number(o2, "frozen_s", 60.0)
     o2.check_unknown()
     section.check_unknown()
     if names and sorted(names) != sorted(O2_SENSORS):
         o2.key_error("sensors", f"must name the three O2 sensors {', '.join(O2_SENSORS)} once each (2oo3)")
-        return O2_SENSORS
+        return O2_SENSORS, recovery_s, frozen_s
     units = {sensors[n].unit for n in names if n in sensors}
     if len(units) > 1:
         o2.key_error("sensors", "must all have the same unit")
-    return tuple(names) if names else O2_SENSORS
+    return (tuple(names) if names else O2_SENSORS), recovery_s, frozen_s
 
 
-def _read_inputs(section: Section) -> dict[str, InputConfig]:
+def _pin(t: Section, where: str, pins: list[tuple[str, int]]) -> int:
+    before = len(t.errors)
+    pin = t.integer("pin", minval=0, maxval=63)
+    if len(t.errors) == before and t.has("pin"):
+        pins.append((where, pin))
+    return pin
+
+
+def _read_inputs(section: Section, pins: list[tuple[str, int]]) -> dict[str, InputConfig]:
     _require_names(section, INPUTS, "input")
     inputs = {}
     for name in INPUTS:
         if name in section.data:
             t = section.table(name)
-            inputs[name] = InputConfig(name, t.integer("pin", minval=0, maxval=63),
-                                       t.boolean("active_low", False))
+            inputs[name] = InputConfig(name, _pin(t, f"inputs.{name}", pins), t.boolean("active_low", False))
             t.check_unknown()
     return inputs
 
 
-def _read_outputs(section: Section) -> dict[str, OutputConfig]:
+def _read_outputs(section: Section, env: _Envelope, pins: list[tuple[str, int]]) -> dict[str, OutputConfig]:
+    """Every output; the safe states config cannot choose: envelope.SAFE_STATES (env.report)."""
     _require_names(section, OUTPUTS, "output")
     outputs = {}
     for name in OUTPUTS:
         if name in section.data:
             t = section.table(name)
-            outputs[name] = OutputConfig(name, t.integer("pin", minval=0, maxval=63),
-                                         t.boolean("active_low", False), t.boolean("safe"))
-            # Crusher, feed and horn must be off with no power: de-energise to trip.
-            if name in MUST_BE_SAFE_OFF and outputs[name].safe:
-                t.key_error("safe", "must be false: this output must be off with no power")
+            outputs[name] = OutputConfig(name, _pin(t, f"outputs.{name}", pins),
+                                         t.boolean("active_low", False), env.boolean(t, "safe"))
             t.check_unknown()
     return outputs

@@ -12,7 +12,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-MISSING: Any = object()
+MISSING: Any = object()   # "no default": the key is required
+# Getters never return MISSING: it would crash the first comparison or sum it meets. A required key
+# that is absent is recorded as an error and the getter returns a harmless stand-in: NaN for a
+# number (it fails every comparison, so later checks on it stay quiet), (NaN, NaN) for a pair, 0,
+# False, "" or [] for the others, an empty table for a table.
+ABSENT_NUMBER = math.nan
 
 
 class InputFileError(ValueError):
@@ -54,7 +59,8 @@ def fmt(value: Any) -> str:
 class Section:
     """One TOML table being read: `[name]` in `file`."""
 
-    def __init__(self, file: str, name: str, data: Any, errors: list[str], label: str | None = None):
+    def __init__(self, file: str, name: str, data: Any, errors: list[str], label: str | None = None,
+                 missing: bool = False):
         self.file = file
         self.name = name
         # How errors name this table: "[name]" by default, nothing for the top level.
@@ -65,6 +71,8 @@ class Section:
             data = {}
         self.data: dict[str, Any] = data
         self.used: set[str] = set()
+        # A required table that is absent: reported once, by its parent; its keys are not reported again.
+        self.missing = missing
 
     # -- reporting -------------------------------------------------------------------------
     def error(self, message: str) -> None:
@@ -83,7 +91,7 @@ class Section:
     def _raw(self, key: str, default: Any) -> Any:
         self.used.add(key)
         if key not in self.data:
-            if default is MISSING:
+            if default is MISSING and not self.missing:
                 self.error(f"missing key '{key}'")
             return default
         return self.data[key]
@@ -93,8 +101,8 @@ class Section:
                maxval: float | None = None, above: float | None = None,
                below: float | None = None) -> float:
         value = self._raw(key, default)
-        if value is default and key not in self.data:
-            return value
+        if key not in self.data:
+            return ABSENT_NUMBER if value is MISSING else value
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.key_error(key, "must be a number")
             return default if default is not MISSING else math.nan
@@ -114,8 +122,8 @@ class Section:
     def integer(self, key: str, default: Any = MISSING, *, minval: int | None = None,
                 maxval: int | None = None) -> int:
         value = self._raw(key, default)
-        if value is default and key not in self.data:
-            return value
+        if key not in self.data:
+            return 0 if value is MISSING else value
         if isinstance(value, bool) or not isinstance(value, int):
             self.key_error(key, "must be a whole number")
             return default if default is not MISSING else 0
@@ -127,8 +135,8 @@ class Section:
 
     def boolean(self, key: str, default: Any = MISSING) -> bool:
         value = self._raw(key, default)
-        if value is default and key not in self.data:
-            return value
+        if key not in self.data:
+            return False if value is MISSING else value
         if not isinstance(value, bool):
             self.key_error(key, "must be true or false")
             return bool(default) if default is not MISSING else False
@@ -137,8 +145,8 @@ class Section:
     def string(self, key: str, default: Any = MISSING, *, choices: tuple[str, ...] | None = None,
                nonempty: bool = False) -> str:
         value = self._raw(key, default)
-        if value is default and key not in self.data:
-            return value
+        if key not in self.data:
+            return "" if value is MISSING else value
         if not isinstance(value, str):
             self.key_error(key, "must be a string")
             return default if default is not MISSING else ""
@@ -151,8 +159,8 @@ class Section:
     def pair(self, key: str, default: Any = MISSING) -> tuple[float, float]:
         """A [low, high] pair of numbers with low < high."""
         value = self._raw(key, default)
-        if value is default and key not in self.data:
-            return value
+        if key not in self.data:
+            return (ABSENT_NUMBER, ABSENT_NUMBER) if value is MISSING else value
         ok = (isinstance(value, list) and len(value) == 2
               and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value))
         if not ok:
@@ -165,18 +173,23 @@ class Section:
 
     def string_list(self, key: str, default: Any = MISSING) -> list[str]:
         value = self._raw(key, default)
-        if value is default and key not in self.data:
-            return value
+        if key not in self.data:
+            return [] if value is MISSING else value
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             self.key_error(key, "must be a list of strings")
             return []
         return list(value)
 
     def table(self, key: str, default: Any = MISSING) -> Section:
-        value = self._raw(key, default)
-        if value is MISSING:
-            value = {}
-        return Section(self.file, f"{self.name}.{key}" if self.name else key, value, self.errors)
+        """A sub-table. A required one that is absent is one error, "missing section [name]"; its
+        own keys are then not reported one by one, and its getters return their absent values."""
+        name = f"{self.name}.{key}" if self.name else key
+        self.used.add(key)
+        missing = key not in self.data and (default is MISSING or self.missing)
+        if missing and not self.missing:
+            self.errors.append(f"{self.file}: missing section [{name}]")
+        value = self.data.get(key, {} if default is MISSING else default)
+        return Section(self.file, name, value, self.errors, missing=missing)
 
     def check_unknown(self) -> None:
         """Report keys nobody read: almost always a typo that would silently change nothing."""
