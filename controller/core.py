@@ -1,304 +1,132 @@
-"""The safety core: states, interlocks, trips, voting, latching and reset.
+"""The safety core: one scan of interlocks, trips, voting, latching, reset and outputs.
 
-MicroPython-compatible subset (no typing, dataclasses, enum, f-string-free hot path) so the same
-file runs on CPython and under the MicroPython unix port. `Core.step()` is deterministic: no I/O,
-no clock reads; the caller passes the time, the readings, the inputs and the commands.
+MicroPython-compatible subset (no typing, dataclasses, enum) so the same file runs on CPython and
+under the MicroPython unix port. `Core.step()` is deterministic: no I/O, no clock reads; the caller
+passes the time, the readings, the inputs and the commands.
 
-Why a declarative transition table: the table *is* the specification a safety engineer reads,
-the cause-and-effect matrix is generated from it, and `check_table()` proves at import time that
-every state is reachable and none is a dead end.
+Where to look: the rules are tables in `controller.rules`, the O2 vote in `controller.voting`,
+sensor health and rates of rise in `controller.health`, the feedback integrator in
+`controller.feedback`, the parameter envelopes in `controller.envelope`. This module executes
+them, in the order of `step()`.
 """
 
+from controller.envelope import check_params
+from controller.feedback import DiscrepancyWindow
 from controller.health import RiseDetector, SensorHealth
 from controller.names import (
     CALIBRATED_SENSORS,
     COMMANDS,
+    IN_CRUSHER,
+    IN_DOOR,
+    IN_ESTOP,
+    IN_REMOTE,
+    IN_RESET,
+    IN_RTO,
     INPUT_FAILSAFE,
     INPUTS,
     O2_SENSORS,
+    OUT_ALARM,
+    OUT_CRUSHER,
+    OUT_FEED,
+    OUT_HORN,
     OUTPUTS,
     SENSORS,
     STATES,
 )
-
-BOOT, IDLE, PURGING, READY, RUNNING, STOPPING, TRIPPED = 0, 1, 2, 3, 4, 5, 6
-
-
-# Import-time helpers carry `pragma: no mutate block`: they run once when the module is imported,
-# before mutmut's forked test processes choose a mutant, so their mutants could never be killed.
-# What they build is checked as data instead (tests/test_causeeffect.py, check_table tests).
-def _mask(*states):  # pragma: no mutate block
-    m = 0
-    for s in states:
-        m |= 1 << s
-    return m
-
-
-CRUSHING = _mask(RUNNING, STOPPING)                      # crusher may turn
-INERT = _mask(PURGING, READY, RUNNING, STOPPING)         # cell closed and being inerted
-OPERATING = _mask(IDLE, PURGING, READY, RUNNING, STOPPING)
-ANY_STATE = _mask(BOOT, IDLE, PURGING, READY, RUNNING, STOPPING, TRIPPED)
-
-# ---------------------------------------------------------------------------------------------
-# Transition table: (source, event, target, guard). First match wins. Guards are Core methods
-# that return None (pass) or the reason for refusal. `trip` is handled first in every state.
-# ---------------------------------------------------------------------------------------------
-TRANSITIONS = (
-    (BOOT, "self_test_passed", IDLE, None),
-    (BOOT, "trip", TRIPPED, None),
-    (IDLE, "purge", PURGING, "guard_purge"),
-    (IDLE, "trip", TRIPPED, None),
-    (PURGING, "inerted", READY, None),
-    (PURGING, "shutdown", IDLE, None),
-    (PURGING, "trip", TRIPPED, None),
-    (READY, "start", RUNNING, "guard_start"),
-    (READY, "permissive_lost", PURGING, None),
-    (READY, "shutdown", IDLE, None),
-    (READY, "trip", TRIPPED, None),
-    (RUNNING, "stop", STOPPING, None),
-    (RUNNING, "controlled_stop", STOPPING, None),
-    (RUNNING, "trip", TRIPPED, None),
-    (STOPPING, "rundown_done", READY, None),
-    (STOPPING, "trip", TRIPPED, None),
-    (TRIPPED, "reset", PURGING, "guard_reset"),
+from controller.rules import (  # noqa: F401  (re-exported: the core's public tables)
+    ADVISORY_ALARMS,
+    ALARM_INDEX,
+    ALARM_MASKS,
+    ALARM_OFF_DELAY_MS,
+    ALARMS,
+    ANY_STATE,
+    AUTOMATIC,
+    BOOT,
+    CAUSE_INDEX,
+    CAUSE_MASKS,
+    CAUSES,
+    CONTROLLED_STOPS,
+    CRUSHING,
+    FX_DOOR,
+    FX_OVERPRESSURE,
+    FX_RTO,
+    GUARD_CHECKS,
+    HELD_WARNINGS,
+    IDLE,
+    INERT,
+    LEVEL_TRIPS,
+    OPERATING,
+    PERMISSIVES,
+    PURGING,
+    READY,
+    RISE_TRIPS,
+    RUNNING,
+    SENSOR_FAULT_RULE,
+    STATE_OUTPUTS,
+    STOP_ALARMS,
+    STOPPING,
+    TRANSITIONS,
+    TRIP_EFFECTS,
+    TRIP_RULES,
+    TRIPPED,
+    check_table,
+    trip_gas_outputs,
 )
+from controller.voting import O2Vote
 
-# Outputs per state, in OUTPUTS order: crusher, feed, n2_purge, n2_boost, exhaust, vent, alarm.
-# BOOT and TRIPPED take the configured safe states (TRIPPED sounds the alarm); RUNNING's feed
-# follows the contactor feedback ("feed on once the crusher runs").
-FEED_FOLLOWS_CRUSHER = None
-STATE_OUTPUTS = (
-    None,                                                      # BOOT: safe states
-    (False, False, False, False, True, False, False),          # IDLE
-    (False, False, True, True, True, False, False),            # PURGING
-    (False, False, True, False, True, False, False),           # READY
-    (True, FEED_FOLLOWS_CRUSHER, True, False, True, False, False),  # RUNNING
-    (True, False, True, True, True, False, False),             # STOPPING
-    None,                                                      # TRIPPED: safe states + alarm
-)
-
-# ---------------------------------------------------------------------------------------------
-# Trip causes: (name, signal, condition, states where it trips). Names are a public contract.
-# In TRIPPED every condition is still evaluated: latched causes clear only when their condition
-# has been false for reset_hold_s, and a cause that would trip PURGING is added to the latch.
-# ---------------------------------------------------------------------------------------------
-LEVEL_TRIPS = (  # cause, sensor: sensor >= thresholds[sensor].trip
-    ("h2_high", "h2_cell"),
-    ("lel_high", "lel_cell"),
-    ("lel_rto_high", "lel_rto"),
-    ("co_high", "co_cell"),
-    ("hf_high", "hf_room"),
-    ("temp_gas_high", "temp_gas"),
-    ("temp_material_high", "temp_material"),
-    ("dp_high", "dp_cell"),
-)
-RISE_TRIPS = (("co_rise", "co_cell"), ("temp_rise", "temp_gas"), ("temp_rise", "temp_material"),
-              ("dp_rise", "dp_cell"))
-
-TRIP_RULES = (
-    # name, signal, condition (for documents and the cause-and-effect matrix), state mask,
-    # limits (config keys the condition reads), voting, delay (config keys; () = the same scan).
-    ("o2_high", "o2 (o2_a, o2_b, o2_c)", "2oo3: two sensors >= o2.trip, an unhealthy one counts as high",
-     CRUSHING, ("thresholds.o2.trip",), "2oo3", ()),
-    ("o2_vote_lost", "o2 (o2_a, o2_b, o2_c)", "two or more O2 sensors unhealthy", INERT, (), "2oo3", ()),
-    ("h2_high", "h2_cell", "h2_cell >= h2_cell.trip", OPERATING, ("thresholds.h2_cell.trip",), "1oo1", ()),
-    ("lel_high", "lel_cell", "lel_cell >= lel_cell.trip", OPERATING, ("thresholds.lel_cell.trip",), "1oo1",
-     ()),
-    ("lel_rto_high", "lel_rto", "lel_rto >= lel_rto.trip", OPERATING, ("thresholds.lel_rto.trip",), "1oo1",
-     ()),
-    ("co_high", "co_cell", "co_cell >= co_cell.trip", OPERATING, ("thresholds.co_cell.trip",), "1oo1", ()),
-    ("co_rise", "co_cell", "rise of co_cell >= co_rise.trip ppm/s over co_rise.window_s", OPERATING,
-     ("thresholds.co_rise.trip", "thresholds.co_rise.window_s"), "1oo1", ()),
-    ("hf_high", "hf_room", "hf_room >= hf_room.trip", OPERATING, ("thresholds.hf_room.trip",), "1oo1", ()),
-    ("temp_gas_high", "temp_gas", "temp_gas >= temp_gas.trip", OPERATING, ("thresholds.temp_gas.trip",),
-     "1oo1", ()),
-    ("temp_material_high", "temp_material", "temp_material >= temp_material.trip", OPERATING,
-     ("thresholds.temp_material.trip",), "1oo1", ()),
-    ("temp_rise", "temp_gas, temp_material",
-     "rise of either >= temp_rise.trip K/min over temp_rise.window_s", OPERATING,
-     ("thresholds.temp_rise.trip", "thresholds.temp_rise.window_s"), "1oo2", ()),
-    ("dp_high", "dp_cell", "dp_cell >= dp_cell.trip", OPERATING, ("thresholds.dp_cell.trip",), "1oo1", ()),
-    ("dp_rise", "dp_cell", "rise of dp_cell >= dp_rise.trip Pa/s over dp_rise.window_s", OPERATING,
-     ("thresholds.dp_rise.trip", "thresholds.dp_rise.window_s"), "1oo1", ()),
-    ("n2_supply_low", "n2_supply",
-     "n2_supply < n2_supply.low_low (or unhealthy) while voted O2 >= o2.warning", INERT,
-     ("thresholds.n2_supply.low_low", "thresholds.o2.warning"), "1oo1 and 2oo3", ()),
-    ("estop", "estop_ok", "estop_ok false (or unreadable)", OPERATING, (), "1oo1", ()),
-    ("door_open", "door_closed", "door_closed false (or unreadable)", INERT, (), "1oo1", ()),
-    ("purge_timeout", "PURGING timer", "PURGING longer than timers.purge_timeout_s", _mask(PURGING),
-     (), "-", ("timers.purge_timeout_s",)),
-    ("output_feedback:crusher", "crusher_running",
-     "contactor feedback differs from the crusher command for timers.feedback_timeout_s", ANY_STATE,
-     (), "1oo1", ("timers.feedback_timeout_s",)),
-    ("output_write", "outputs", "the backend failed to write an output", ANY_STATE, (), "-", ()),
-    ("scan_overrun", "scan loop", "cell.overrun_trip_count consecutive late scans", ANY_STATE,
-     ("cell.overrun_trip_count",), "-", ()),
-    ("self_test", "BOOT", "a sensor unhealthy, an input unreadable, E-stop open or crusher feedback on "
-     "at the end of timers.self_test_s", _mask(BOOT), (), "-", ("timers.self_test_s",)),
-)
-# sensor_fault:<name>: one rule per sensor, generated below. Limits and delays name the sensor's keys.
-SENSOR_FAULT_RULE = ("sensor unhealthy: a backend fault, NaN, outside range, older than stale_s, "
-                     "or not moving beyond resolution for stuck_s",
-                     ("sensors.{}.range",), "1oo1", ("sensors.{}.stale_s", "sensors.{}.stuck_s"))
-SENSOR_FAULT_STATES = OPERATING  # sensor_fault:<name> for every non-O2 sensor except n2_supply
-
-
-def _build_causes():  # pragma: no mutate block
-    names = []
-    masks = []
-    for rule in TRIP_RULES:
-        names.append(rule[0])
-        masks.append(rule[3])
-    for s in SENSORS:
-        names.append("sensor_fault:" + s)
-        # O2 sensors are judged by the vote; n2_supply's worst case is folded into n2_supply_low.
-        # Both appear as causes only in a failed self-test.
-        masks.append(_mask(BOOT) | (0 if s in O2_SENSORS or s == "n2_supply" else SENSOR_FAULT_STATES))
-    return tuple(names), tuple(masks)
-
-
-CAUSES, CAUSE_MASKS = _build_causes()
-_C = {name: i for i, name in enumerate(CAUSES)}
-
-# Alarms: (name, severity, state mask). Warnings that are held in RUNNING bring a controlled stop.
-ALARMS = (
-    ("o2", "warning", CRUSHING),
-    ("h2_cell", "warning", OPERATING | _mask(TRIPPED)),
-    ("lel_cell", "warning", OPERATING | _mask(TRIPPED)),
-    ("lel_rto", "warning", OPERATING | _mask(TRIPPED)),
-    ("co_cell", "warning", OPERATING | _mask(TRIPPED)),
-    ("hf_room", "warning", OPERATING | _mask(TRIPPED)),
-    ("temp_gas", "warning", OPERATING | _mask(TRIPPED)),
-    ("temp_material", "warning", OPERATING | _mask(TRIPPED)),
-    ("temp_rise", "warning", OPERATING | _mask(TRIPPED)),
-    ("dp_cell", "warning", OPERATING),          # the exhaust is closed in TRIPPED: no band there
-    ("n2_supply", "warning", OPERATING | _mask(TRIPPED)),
-    ("o2_vote_degraded", "warning", OPERATING | _mask(TRIPPED)),
-    ("o2_deviation", "warning", OPERATING | _mask(TRIPPED)),
-    ("rto_not_ready", "warning", INERT),
-) + tuple(("sensor_fault:" + s, "fault", OPERATING | _mask(TRIPPED)) for s in SENSORS) + tuple(
-    # A bump test or calibration is due (the loop tells, from the calibration records and the date).
-    ("calibration_due:" + s, "warning", OPERATING | _mask(TRIPPED)) for s in CALIBRATED_SENSORS)
-_A = {a[0]: i for i, a in enumerate(ALARMS)}
-ALARM_MASKS = tuple(a[2] for a in ALARMS)
-ALARM_OFF_DELAY_MS = 2000   # an alarm clears only after its condition has been gone this long
+_C = CAUSE_INDEX
+_A = ALARM_INDEX
+_S = {name: i for i, name in enumerate(SENSORS)}
 NO_ALARMS = [False] * len(ALARMS)
 A_O2, A_O2_DEVIATION, A_O2_DEGRADED = _A["o2"], _A["o2_deviation"], _A["o2_vote_degraded"]
+A_O2_ONE_HIGH, A_INERTING = _A["o2_one_high"], _A["inerting_failed"]
 A_DP, A_TEMP_RISE, A_N2, A_RTO = _A["dp_cell"], _A["temp_rise"], _A["n2_supply"], _A["rto_not_ready"]
+A_INPUT = tuple(_A["input_fault:" + n] for n in INPUTS)
+A_CALIBRATION = {s: _A["calibration_due:" + s] for s in CALIBRATED_SENSORS}
+C_O2_HIGH, C_VOTE_LOST, C_ESTOP, C_DOOR = _C["o2_high"], _C["o2_vote_lost"], _C["estop"], _C["door_open"]
+C_FEEDBACK, C_DROPPED, C_WRITE = _C["output_feedback:crusher"], _C["contactor_dropped"], _C["output_write"]
+C_OVERRUN, C_PURGE_TIMEOUT, C_SELF_TEST = _C["scan_overrun"], _C["purge_timeout"], _C["self_test"]
+C_N2, C_DP_HIGH, C_DP_RISE = _C["n2_supply_low"], _C["dp_high"], _C["dp_rise"]
 N_INPUTS = len(INPUTS)
 FAILSAFE_INPUTS = tuple(INPUT_FAILSAFE[n] for n in INPUTS)
-# Warnings that, held for warning_hold_s in RUNNING, bring a controlled stop.
-HELD_WARNINGS = tuple(_A[n] for n in ("o2", "h2_cell", "lel_cell", "co_cell", "hf_room", "temp_gas",
-                                      "temp_material", "temp_rise", "dp_cell"))
-
-# Alarms that only inform: they neither block `start` (unless a permissive says so) nor stop crushing.
-ADVISORY_ALARMS = tuple(_A["calibration_due:" + s] for s in CALIBRATED_SENSORS)
-A_CALIBRATION = {s: _A["calibration_due:" + s] for s in CALIBRATED_SENSORS}
-
-CONTROLLED_STOPS = (
-    # reason, condition (documents), alarm it follows (None: the held-warning rule), limits, delay.
-    # Each brings RUNNING -> STOPPING at once; the first that applies names the stop.
-    ("warning_held", "a warning (o2, h2_cell, lel_cell, co_cell, hf_room, temp_gas, temp_material, "
-     "temp_rise, dp_cell) active for timers.warning_hold_s", None,
-     ("thresholds.o2.warning", "thresholds.h2_cell.warning", "thresholds.lel_cell.warning",
-      "thresholds.co_cell.warning", "thresholds.hf_room.warning", "thresholds.temp_gas.warning",
-      "thresholds.temp_material.warning", "thresholds.temp_rise.warning", "thresholds.dp_cell.warning_low",
-      "thresholds.dp_cell.warning_high"), ("timers.warning_hold_s",)),
-    ("lel_rto_warning", "lel_rto >= lel_rto.warning", "lel_rto", ("thresholds.lel_rto.warning",), ()),
-    ("o2_vote_degraded", "one O2 sensor unhealthy (vote degraded to 1oo2)", "o2_vote_degraded", (), ()),
-    ("n2_supply_low", "n2_supply < n2_supply.low or unhealthy", "n2_supply", ("thresholds.n2_supply.low",),
-     ()),
-    ("rto_not_ready", "rto_ready false", "rto_not_ready", (), ()),
-)
-STOP_ALARMS = tuple((c[0], _A[c[2]]) for c in CONTROLLED_STOPS if c[2] is not None)
-
-# Permissives: what each guarded transition needs. The guards below run these rows in order and
-# the first failing check names the refusal. (guard, name, signal, condition, limits, check method)
-PERMISSIVES = (
-    ("guard_purge", "estop_closed", "estop_ok", "E-stop chain closed", (), "_p_estop"),
-    ("guard_purge", "door_closed", "door_closed", "door closed", (), "_p_door"),
-    ("guard_start", "remote_enable", "remote_enable", "a remote start needs the key switch", (),
-     "_p_remote_enable"),
-    ("guard_start", "o2_all_healthy", "o2 (o2_a, o2_b, o2_c)", "all three O2 sensors healthy", (),
-     "_p_o2_healthy"),
-    ("guard_start", "o2_below_permissive", "o2 (voted)", "voted O2 < o2.start_permissive",
-     ("thresholds.o2.start_permissive",), "_p_o2_low"),
-    ("guard_start", "no_alarm", "alarms", "no active alarm (calibration_due alone does not block)", (),
-     "_p_no_alarm"),
-    ("guard_start", "rto_ready", "rto_ready", "RTO ready to take the off-gas", (), "_p_rto"),
-    ("guard_start", "crusher_off", "crusher_running", "no contactor feedback before the start", (),
-     "_p_crusher_off"),
-    ("guard_start", "calibration_in_date", "calibration records",
-     "no gas sensor overdue for bump test or calibration by more than calibration.grace_days",
-     ("calibration.bump_interval_days", "calibration.calibration_interval_days", "calibration.grace_days"),
-     "_p_calibration"),
-    ("guard_reset", "reset_source", "command source", "local, unless cell.remote_reset = true",
-     ("cell.remote_reset",), "_p_reset_source"),
-    ("guard_reset", "causes_clear", "latched causes", "every latched cause clear for timers.reset_hold_s",
-     ("timers.reset_hold_s",), "_p_causes_clear"),
-)
-
-
-def _guard_checks(guard):  # pragma: no mutate block
-    return tuple(row[5] for row in PERMISSIVES if row[0] == guard)
-
-
-GUARD_CHECKS = {g: _guard_checks(g) for g in ("guard_purge", "guard_start", "guard_reset")}
-
-# Transitions the core takes by itself (no command): event, signal, condition, limits, delay.
-AUTOMATIC = (
-    ("self_test_passed", "BOOT", "every sensor healthy, inputs readable, E-stop closed, no contactor "
-     "feedback (a persisted latch goes to TRIPPED instead)", (), ("timers.self_test_s",)),
-    ("inerted", "o2 (voted)", "at least two O2 sensors healthy and voted O2 < o2.start_permissive",
-     ("thresholds.o2.start_permissive",), ("timers.purge_hold_s",)),
-    ("permissive_lost", "o2 (voted)", "voted O2 >= o2.start_permissive + o2.permissive_hysteresis "
-     "(or the vote lost)", ("thresholds.o2.start_permissive", "thresholds.o2.permissive_hysteresis"), ()),
-    ("rundown_done", "STOPPING timer", "the crusher ran down with the feed off", (), ("timers.rundown_s",)),
-)
-
-_S = {name: i for i, name in enumerate(SENSORS)}
-_I = {name: i for i, name in enumerate(INPUTS)}
-
-
-def check_table(transitions=TRANSITIONS):
-    """Prove every state is reachable from BOOT and none is a dead end; return problems."""
-    problems = []
-    reach = {BOOT}
-    grew = True
-    while grew:
-        grew = False
-        for src, _event, dst, _guard in transitions:
-            if src in reach and dst not in reach:
-                reach.add(dst)
-                grew = True
-    for s in range(len(STATES)):
-        if s not in reach:
-            problems.append("state " + STATES[s] + " is unreachable from BOOT")
-        if not any(t[0] == s for t in transitions):
-            problems.append("state " + STATES[s] + " has no way out")
-        if s != TRIPPED and s != BOOT and not any(t[0] == s and t[1] == "trip" for t in transitions):
-            problems.append("state " + STATES[s] + " cannot trip")
-    return problems
-
-
-_problems = check_table()
-if _problems:
-    raise AssertionError("; ".join(_problems))
+# Outputs that must be off with no power, checked again here: the MicroPython path has no config.
+MUST_BE_OFF = (OUT_CRUSHER, OUT_FEED, OUT_ALARM, OUT_HORN)
 
 
 def _fmt(v):
     return f"{v:.3g}"
 
 
+class ParameterError(ValueError):
+    """The core's parameters are unsafe or inconsistent; the message lists every problem."""
+
+
+def validate(params):
+    """Every problem with `params` (a list of strings; empty when the core may run)."""
+    problems = list(check_params(params))
+    safe = params.get("safe") if isinstance(params, dict) else None
+    if not isinstance(safe, (tuple, list)) or len(safe) != len(OUTPUTS):
+        problems.append("safe: needs one safe state per output (" + ", ".join(OUTPUTS) + ")")
+    else:
+        for k in MUST_BE_OFF:
+            if safe[k]:
+                problems.append("outputs." + OUTPUTS[k] + ".safe: must be false (off with no power)")
+    return problems
+
+
 class Core:
     """One crushing cell's safety logic. Create once; call `step()` every scan."""
 
     def __init__(self, params, start_ms=0):
+        problems = validate(params)
+        if problems:
+            raise ParameterError("unsafe core parameters: " + "; ".join(problems))
         p = params
         th = p["thresholds"]
         tm = p["timers_ms"]
         self.remote_reset = bool(p["remote_reset"])
         self.overrun_limit = int(p["overrun_trip_count"])
+        self.permissive_loss_limit = int(p["permissive_loss_limit"])
         self.self_test_ms = tm["self_test_s"]
         self.purge_hold_ms = tm["purge_hold_s"]
         self.purge_timeout_ms = tm["purge_timeout_s"]
@@ -310,11 +138,11 @@ class Core:
 
         o2 = th["o2"]
         self.o2_warning = o2["warning"]
-        self.o2_trip = o2["trip"]
         self.o2_permissive = o2["start_permissive"]
         self.o2_lost_level = o2["start_permissive"] + o2["permissive_hysteresis"]
-        self.o2_deviation = o2["deviation"]
         self.o2_idx = tuple(_S[n] for n in O2_SENSORS)
+        self.vote = O2Vote(self.o2_idx, o2["trip"], o2["deviation"], tm["deviation_hold_s"],
+                           tm["vote_recovery_s"], start_ms)
 
         # (cause, sensor index, trip, alarm index or None, warning): dp_cell's alarm is its band
         self.levels = tuple(
@@ -322,6 +150,7 @@ class Core:
              th[s]["trip"] if s == "dp_cell" else th[s]["warning"]) for c, s in LEVEL_TRIPS)
         self.dp = (_S["dp_cell"], th["dp_cell"]["warning_low"], th["dp_cell"]["warning_high"])
         self.n2 = (_S["n2_supply"], th["n2_supply"]["low"], th["n2_supply"]["low_low"])
+        self.rto = (_S["lel_rto"], th["lel_rto"]["warning"])
         rises = []
         for cause, sensor in RISE_TRIPS:
             rule = th[cause]
@@ -330,10 +159,11 @@ class Core:
             rises.append((_C[cause], _S[sensor], rule["trip"], rule.get("warning"), det))
         self.rises = tuple(rises)
 
-        self.health = SensorHealth(p["sensors"], (self.o2_idx,))
-        self.sensor_faults = tuple(
-            (i, None if s in O2_SENSORS or s == "n2_supply" else _C["sensor_fault:" + s],
-             _A["sensor_fault:" + s]) for i, s in enumerate(SENSORS))
+        self.health = SensorHealth(p["sensors"], (self.o2_idx,), tm["frozen_s"])
+        # (sensor index, cause, alarm): every sensor's fault is judged in every state.
+        self.sensor_faults = tuple((i, _C["sensor_fault:" + s], _A["sensor_fault:" + s])
+                                   for i, s in enumerate(SENSORS))
+        self.feedback = DiscrepancyWindow(tm["feedback_window_s"], start_ms)
 
         # -- mutable state ------------------------------------------------------------------
         self.state = BOOT
@@ -349,21 +179,22 @@ class Core:
         self.trip_acked = True
         self.inputs = [INPUT_FAILSAFE[n] for n in INPUTS]
         self.prev_local_reset = False
-        self.outputs = list(self.safe)
-        self.output_table = self._build_output_table()
-        self.outputs_t = self.output_table[BOOT][0][0]
+        self.fb_confirmed = False          # the contactor has closed since the crusher was started
+        self.permissive_losses = 0         # READY -> PURGING since the last start or local ack
+        self.effect_classes = 0            # TRIP_EFFECTS classes present now (bit mask)
         self.unacked = 0
+        self.output_table = self._build_output_table()
+        self.outputs_t = self._pick_outputs(False)
+        self.outputs = list(self.outputs_t)   # built through the interlock, like every scan's
         self.voted_o2 = float("nan")
         self.o2_bad = 3
         self.purge_ok_since = None
         self.warn_since = None
-        self.feedback_bad_since = None
         self.changed = []
         self.alarm_now = [False] * len(ALARMS)
         self.alarm_clear_since = [None] * len(ALARMS)
         self.clear_pending = 0
         self.alarm_sbit = 0                # the state bit alarms were last judged in
-        self.command_source = "local"
         self.calibration_due = ()          # alarm indices of sensors due (given by the loop)
         self.calibration_overdue = ()      # names overdue beyond the grace: `start` is refused
         self.restored_acks = []            # alarm indices acknowledged before a restart
@@ -418,8 +249,9 @@ class Core:
         """Judge one scan and return the outputs (a list in OUTPUTS order).
 
         readings: sequence of (value, fault, t_ms) in SENSORS order.
-        inputs: sequence of bool or None (failed read) in INPUTS order.
-        commands: sequence of (action, source); results land in self.command_results.
+        inputs: sequence of bool or None (failed read) in INPUTS order; the HAL latches falling
+        edges of estop_ok and door_closed between reads.
+        commands: sequence of (action, source[, by]); results land in self.command_results.
         overruns: consecutive late scans so far; write_ok: whether the last write succeeded.
         """
         self.now = now
@@ -439,57 +271,54 @@ class Core:
         val = h.value
         ok = h.healthy
 
-        # 2. Digital inputs: an unreadable input counts as its unsafe value. ------------------
-        di = self.inputs
-        if None in inputs:
-            for k in range(N_INPUTS):
-                x = inputs[k]
-                di[k] = FAILSAFE_INPUTS[k] if x is None else bool(x)
-        else:
-            di[:] = inputs
-
         hits = self.hits
         del hits[:]
         alarm = self.alarm_now
         alarm[:] = NO_ALARMS
 
-        # 3. O2 2oo3 vote. An unhealthy sensor votes "high" (worst case for an O2 limit). ------
-        a, b, c = self.o2_idx
-        va, vb, vc = val[a], val[b], val[c]
-        oka, okb, okc = ok[a], ok[b], ok[c]
-        bad = (not oka) + (not okb) + (not okc)
-        self.o2_bad = bad
-        trip = self.o2_trip
-        high = bad + (oka and va >= trip) + (okb and vb >= trip) + (okc and vc >= trip)
-        if bad == 0:
-            voted = max(min(va, vb), min(max(va, vb), vc))   # median of three
-            dev = self.o2_deviation
-            if (abs(va - (vb + vc) / 2) > dev or abs(vb - (va + vc) / 2) > dev
-                    or abs(vc - (va + vb) / 2) > dev):
-                alarm[A_O2_DEVIATION] = True
-        elif bad == 1:
-            # 1oo2 on the two left: the higher one counts (worst case).
-            if not oka:
-                x, y = vb, vc
-            elif not okb:
-                x, y = va, vc
-            else:
-                x, y = va, vb
-            voted = x if x > y else y
-            alarm[A_O2_DEGRADED] = True
-            if abs(x - y) > self.o2_deviation:
-                alarm[A_O2_DEVIATION] = True
+        # 2. Digital inputs: an unreadable input counts as its unsafe value, and says so. -----
+        di = self.inputs
+        fb_unreadable = False
+        if None in inputs:
+            for k in range(N_INPUTS):
+                x = inputs[k]
+                if x is None:
+                    di[k] = FAILSAFE_INPUTS[k]
+                    alarm[A_INPUT[k]] = True
+                else:
+                    di[k] = bool(x)
+            fb_unreadable = inputs[IN_CRUSHER] is None
         else:
-            voted = float("nan")
+            di[:] = inputs
+
+        # The self-test's condition, judged in every state so that its latch clears only when it is
+        # gone (a sensor still dead, E-stop still open, contactor closed uncommanded, input unreadable).
+        uncommanded = di[IN_CRUSHER] and not self.outputs[OUT_CRUSHER]
+        if h.n_bad or not di[IN_ESTOP] or fb_unreadable or uncommanded or None in inputs:
+            if state != BOOT or now - self.state_since >= self.self_test_ms:
+                hits.append(C_SELF_TEST)
+
+        # 3. O2 2oo3 vote. Out of the vote (unhealthy, or not yet recovered) counts as high. --
+        vote = self.vote
+        vote.update(now, val, ok, state == BOOT)
+        bad = vote.bad
+        voted = vote.voted
+        self.o2_bad = bad
         self.voted_o2 = voted
         if bad >= 2:
-            hits.append(_C["o2_vote_lost"])  # cannot tell whether the cell is inert
-        elif high >= 2:
-            hits.append(_C["o2_high"])  # oxygen above 60 % of the LOC while crushing
+            hits.append(C_VOTE_LOST)  # cannot tell whether the cell is inert
+        elif vote.high >= 2:
+            hits.append(C_O2_HIGH)  # oxygen above 60 % of the LOC while crushing
+        elif vote.one_high:
+            alarm[A_O2_ONE_HIGH] = True  # one sensor says air is in: two failing low may hide it
+        if bad == 1:
+            alarm[A_O2_DEGRADED] = True
+        if vote.deviating:
+            alarm[A_O2_DEVIATION] = True
         if voted >= self.o2_warning:
             alarm[A_O2] = True
 
-        # 4. Single-sensor levels: gas, temperature, overpressure. Unhealthy = sensor_fault. ----
+        # 4. Single-sensor levels: gas, temperature, overpressure. --------------------------
         for ci, si, lim, ai, warn in self.levels:
             v = val[si]
             if v >= warn and ok[si]:
@@ -500,14 +329,18 @@ class Core:
         if h.n_bad:
             for si, ci, ai in self.sensor_faults:
                 if not ok[si]:
-                    # No trustworthy reading: assume the worst for what it guards. O2 sensors are
-                    # judged by the vote and n2_supply by n2_supply_low, so only their alarm is set.
-                    if ci is not None:
-                        hits.append(ci)
+                    # No trustworthy reading: the worst case for what it guards. The cause is judged
+                    # in every state (a latched self-test fault clears only once the sensor is back);
+                    # its mask decides where it trips (O2 by the vote, n2_supply by n2_supply_low).
+                    hits.append(ci)
                     alarm[ai] = True
         dsi, dlow, dhigh = self.dp
-        if ok[dsi] and (val[dsi] < dlow or val[dsi] > dhigh):
-            alarm[A_DP] = True
+        if ok[dsi]:
+            if state == TRIPPED:
+                if val[dsi] > 0.0:
+                    alarm[A_DP] = True   # above atmosphere: HF and CO can leave the cell
+            elif val[dsi] < dlow or val[dsi] > dhigh:
+                alarm[A_DP] = True
 
         # 5. Rates of rise: runaway precursors (CO, temperature) and pressure surges. --------
         for ci, si, lim, warn, det in self.rises:
@@ -519,39 +352,36 @@ class Core:
 
         # 6. N2 supply: low stops crushing; low-low while O2 climbs trips. --------------------
         nsi, nlow, nlowlow = self.n2
-        n2_low = (not ok[nsi]) or val[nsi] < nlow
-        if n2_low:
+        if (not ok[nsi]) or val[nsi] < nlow:
             alarm[A_N2] = True
         if ((not ok[nsi]) or val[nsi] < nlowlow) and (bad >= 2 or voted >= self.o2_warning):
-            hits.append(_C["n2_supply_low"])
+            hits.append(C_N2)
 
         # 7. Hard-wired chain, door, RTO, contactor feedback, loop health. --------------------
-        if not di[0]:
-            hits.append(_C["estop"])  # the hard-wired chain opened: follow it
-        if not di[1]:
-            hits.append(_C["door_open"])  # air enters and people may be near the crusher
-        if not di[2]:
+        if not di[IN_ESTOP]:
+            hits.append(C_ESTOP)  # the hard-wired chain opened (or pulsed open): follow it
+        if not di[IN_DOOR]:
+            hits.append(C_DOOR)  # air enters and people may be near the crusher
+        if not di[IN_RTO]:
             alarm[A_RTO] = True
-        crusher_fb = di[3]
-        if crusher_fb != self.outputs[0]:
-            if self.feedback_bad_since is None:
-                self.feedback_bad_since = now
-            elif now - self.feedback_bad_since >= self.feedback_ms:
-                hits.append(_C["output_feedback:crusher"])  # welded or failed contactor
-        else:
-            self.feedback_bad_since = None
+        crusher_fb = di[IN_CRUSHER]
+        cmd = self.outputs[OUT_CRUSHER]
+        # Integrated discrepancy: unreadable feedback counts as disagreeing (worst case).
+        if self.feedback.update(now, fb_unreadable or crusher_fb != cmd) >= self.feedback_ms:
+            hits.append(C_FEEDBACK)  # welded, failed or chattering contactor
+        if cmd and (CRUSHING & sbit):
+            if crusher_fb and not fb_unreadable:
+                self.fb_confirmed = True
+            elif self.fb_confirmed and not fb_unreadable:
+                hits.append(C_DROPPED)  # the hard-wired chain dropped the contactor under us
         if not write_ok:
-            hits.append(_C["output_write"])  # the relays may not be where we think
+            hits.append(C_WRITE)  # the relays may not be where we think
         if overruns >= self.overrun_limit:
-            hits.append(_C["scan_overrun"])  # reaction time no longer guaranteed
+            hits.append(C_OVERRUN)  # reaction time no longer guaranteed
         if state == PURGING and now - self.state_since >= self.purge_timeout_ms:
-            hits.append(_C["purge_timeout"])  # the cell will not inert: leak or N2 failure
-        if state == BOOT and now - self.state_since >= self.self_test_ms:
-            if bad or not all(ok) or not di[0] or crusher_fb or None in inputs:
-                hits.append(_C["self_test"])
-                for i in range(len(SENSORS)):
-                    if not ok[i]:
-                        hits.append(_C["sensor_fault:" + SENSORS[i]])
+            hits.append(C_PURGE_TIMEOUT)  # the cell will not inert: leak or N2 failure
+        if self.permissive_losses >= self.permissive_loss_limit:
+            alarm[A_INERTING] = True  # the cell cannot hold inert: a leak to find before crushing
 
         last_active = self.last_active
         for ci in hits:
@@ -564,15 +394,16 @@ class Core:
         self._update_alarms(alarm, sbit)
 
         # 9. Commands, then the state machine. -------------------------------------------------
-        local_reset = di[4]
+        local_reset = di[IN_RESET]
         if local_reset and not self.prev_local_reset:
             commands = tuple(commands) + (("reset", "local"),)   # the panel push-button
         self.prev_local_reset = local_reset
 
         tripping = None
-        if state == BOOT and now - self.state_since < self.self_test_ms:
-            sbit = 0   # sensors warm up during the self-test; it decides at its end
+        warming = state == BOOT and now - self.state_since < self.self_test_ms
         for ci in hits:
+            if warming and ci != C_WRITE and ci != C_OVERRUN:
+                continue   # sensors warm up during the self-test; it decides at its end
             if CAUSE_MASKS[ci] & sbit:
                 if tripping is None:
                     tripping = []
@@ -584,7 +415,6 @@ class Core:
             # A new hazard while tripped joins the latch if it would trip the state reset leads to.
             new = None
             for ci in hits:
-                # (every cause that can be judged in TRIPPED and trips anywhere else trips PURGING)
                 if (CAUSE_MASKS[ci] & (1 << PURGING)) and ci not in self.latched:
                     self.latched.append(ci)
                     if new is None:
@@ -599,11 +429,28 @@ class Core:
             self._command(cmd[0], cmd[1], cmd[2] if len(cmd) > 2 else None)
 
         self._automatic(now)
-        # The feed needs positive feedback that the crusher turns: an unreadable contactor input
-        # counts as "running" for the feedback trip (worst case) but never enables the feed.
-        return self._outputs(di[3] and inputs[3] is not None)
+        if self.state == TRIPPED:
+            self.effect_classes = self._effect_classes(val, ok, di)
+        # The feed needs positive feedback that the crusher turns: unreadable feedback counts as
+        # "running" for the feedback trip (worst case) but never enables the feed.
+        return self._outputs(crusher_fb and not fb_unreadable)
 
     # -- pieces of the scan ---------------------------------------------------------------------
+    def _effect_classes(self, val, ok, di):
+        """TRIP_EFFECTS classes present now (each condition's worst case on bad data)."""
+        classes = 0
+        rsi, rwarn = self.rto
+        if not ok[rsi] or val[rsi] >= rwarn:
+            classes |= FX_RTO            # the RTO inlet is (or may be) flammable
+        last = self.last_active
+        now = self.now
+        dsi = self.dp[0]
+        if not ok[dsi] or last[C_DP_HIGH] == now or last[C_DP_RISE] == now:
+            classes |= FX_OVERPRESSURE   # the cell is (or may be) over-pressured
+        if not di[IN_DOOR]:
+            classes |= FX_DOOR           # a person may be at the open door
+        return classes
+
     def _update_alarms(self, alarm, sbit):
         act = self.alarm_active
         if alarm == act and not self.clear_pending and sbit == self.alarm_sbit:
@@ -655,7 +502,7 @@ class Core:
             self.warn_since = None
 
     def _trip(self, causes):
-        # Latch every cause; outputs go to the safe state in this same scan.
+        # Latch every cause; outputs go to the trip effects in this same scan.
         for ci in causes:
             if ci not in self.latched:
                 self.latched.append(ci)
@@ -667,19 +514,25 @@ class Core:
     def _go(self, target, cause):
         self.events.append({"t": self.now / 1000.0, "type": "state", "from": STATES[self.state],
                             "to": STATES[target], "cause": cause})
+        if self.state == READY and target == PURGING:
+            self.permissive_losses += 1   # the cell did not hold inert
+        elif target == RUNNING:
+            self.permissive_losses = 0    # it held long enough to start
         self.state = target
         self.state_since = self.now
         self.purge_ok_since = None
         self.persist_gen += 1
+        if not (CRUSHING & (1 << target)):
+            self.fb_confirmed = False
         if target == PURGING:
             self.latched = []   # only a reset leaves TRIPPED, and it goes to PURGING
 
-    def _fire(self, event, cause):
+    def _fire(self, event, cause, source="local"):
         """Take the first row of the table for (state, event); return None or a refusal reason."""
         for src, evt, dst, guard in TRANSITIONS:
             if src == self.state and evt == event:
                 if guard is not None:
-                    reason = getattr(self, guard)()
+                    reason = self._guard(guard, source)
                     if reason is not None:
                         return reason
                 self._go(dst, cause)
@@ -696,10 +549,9 @@ class Core:
         elif source != "local" and source != "remote":
             reason = "unknown source '" + str(source) + "'"
         elif action == "ack":
-            self._ack()
+            self._ack(source)
         else:
-            self.command_source = source
-            reason = self._fire(action, "command:" + action)
+            reason = self._fire(action, "command:" + action, source)
         accepted = reason is None
         self.command_results.append((accepted, "" if accepted else reason))
         event = {"t": self.now / 1000.0, "type": "command", "action": action, "source": source,
@@ -708,11 +560,14 @@ class Core:
             event["by"] = by
         self.events.append(event)
 
-    def _ack(self):
+    def _ack(self, source):
         for k in range(len(ALARMS)):
             if self.alarm_active[k]:
                 self.alarm_acked[k] = True
         self.trip_acked = True
+        if source == "local" and self.permissive_losses:
+            # Someone at the cell has seen it: the inerting count starts again.
+            self.permissive_losses = 0
         self.persist_gen += 1
         self._alarm_summary()
 
@@ -728,7 +583,7 @@ class Core:
                 else:
                     self._fire("self_test_passed", "self_test_passed")
         elif state == PURGING:
-            # Inert only when the voted O2 (at least two healthy sensors) holds below the permissive.
+            # Inert only when the voted O2 (at least two sensors in the vote) holds below the permissive.
             if self.o2_bad <= 1 and voted < self.o2_permissive:
                 if self.purge_ok_since is None:
                     self.purge_ok_since = now
@@ -753,40 +608,67 @@ class Core:
             for k in HELD_WARNINGS:
                 if act[k]:
                     return "warning:" + ALARMS[k][0]
-        # CONTROLLED_STOPS, in order: lel_rto near its limit (stop making vapour), one O2 sensor
-        # lost (one more failure would blind the O2 trip), N2 low (inerting cannot be sustained),
-        # RTO not ready (nowhere safe for the off-gas).
+        # CONTROLLED_STOPS, in order: one O2 sensor above the trip alone (air may be in), a
+        # deviation held (a sensor failing low may hide a rise), lel_rto near its limit (stop making
+        # vapour), one O2 sensor lost (one more failure would blind the O2 trip), N2 low
+        # (inerting cannot be sustained), RTO not ready (nowhere safe for the off-gas).
+        if act[A_O2_ONE_HIGH]:
+            return "o2_one_high"
+        if self.vote.deviation_held(now):
+            return "o2_deviation_held"
         for reason, k in STOP_ALARMS:
             if act[k]:
                 return reason
         return None
 
+    # -- outputs ------------------------------------------------------------------------------
     def _build_output_table(self):
-        """Every output combination, computed once: [state][crusher feedback][horn] -> tuple."""
+        """Every output combination, computed once and all through the interlock.
+
+        Index: state + 8 * (feedback + 2 * (beacon + 2 * (horn + 2 * effect classes))).
+        """
         table = []
-        for state in range(len(STATES)):
-            row = STATE_OUTPUTS[state]
-            by_fb = []
-            for fb in (False, True):
-                by_horn = []
-                for horn in (False, True):
-                    out = list(self.safe if row is None else row)
-                    if state == RUNNING:
-                        out[1] = fb   # feed only once the crusher really turns
-                    out[6] = horn or out[6]
-                    # Interlock, belt and braces: nothing turns or feeds outside RUNNING/STOPPING.
-                    if not (CRUSHING & (1 << state)):
-                        out[0] = False
-                        out[1] = False
-                    by_horn.append(tuple(out))
-                by_fb.append(tuple(by_horn))
-            table.append(tuple(by_fb))
+        for classes in range(8):
+            gas = trip_gas_outputs(classes)
+            for horn in (False, True):
+                for beacon in (False, True):
+                    for fb in (False, True):
+                        for state in range(8):
+                            if state >= len(STATES):
+                                table.append(None)
+                                continue
+                            table.append(self._combine(state, fb, beacon, horn, gas))
         return tuple(table)
 
-    def _outputs(self, crusher_fb):
+    def _combine(self, state, fb, beacon, horn, gas):
+        row = STATE_OUTPUTS[state]
+        if state == BOOT:
+            out = list(self.safe)
+        elif state == TRIPPED:
+            out = [False, False, gas[0], gas[1], gas[2], gas[3], False, False]
+        else:
+            out = list(row) + [False, False]
+            if state == RUNNING:
+                out[OUT_FEED] = fb   # feed only once the crusher really turns
+        out[OUT_ALARM] = beacon or out[OUT_ALARM]
+        out[OUT_HORN] = horn or out[OUT_HORN]
+        # Interlock, belt and braces: nothing turns or feeds outside RUNNING/STOPPING.
+        if not (CRUSHING & (1 << state)):
+            out[OUT_CRUSHER] = False
+            out[OUT_FEED] = False
+        return tuple(bool(x) for x in out)
+
+    def _pick_outputs(self, crusher_fb):
         state = self.state
-        horn = (state == TRIPPED and not self.trip_acked) or self.unacked > 0
-        new = self.output_table[state][1 if crusher_fb else 0][1 if horn else 0]
+        tripped = state == TRIPPED
+        horn = (tripped and not self.trip_acked) or self.unacked > 0
+        beacon = tripped or self.unacked > 0   # the beacon stays on while TRIPPED, ack or not
+        k = state + 8 * ((1 if crusher_fb else 0) + 2 * ((1 if beacon else 0) + 2 * (
+            (1 if horn else 0) + 2 * (self.effect_classes if tripped else 0))))
+        return self.output_table[k]
+
+    def _outputs(self, crusher_fb):
+        new = self._pick_outputs(crusher_fb)
         if new is not self.outputs_t:
             self.outputs_t = new
             self.outputs[:] = new
@@ -794,76 +676,88 @@ class Core:
         return self.outputs
 
     # -- guards: each runs its rows of PERMISSIVES in order; the first refusal is the reason ------
-    def _guard(self, guard):
+    def _guard(self, guard, source):
         for check in GUARD_CHECKS[guard]:
-            reason = getattr(self, check)()
+            reason = getattr(self, check)(source)
             if reason is not None:
                 return reason
         return None
 
-    def guard_purge(self):
-        return self._guard("guard_purge")
+    def guard_purge(self, source="local"):
+        return self._guard("guard_purge", source)
 
-    def guard_start(self):
-        return self._guard("guard_start")
+    def guard_start(self, source="local"):
+        return self._guard("guard_start", source)
 
-    def guard_reset(self):
-        return self._guard("guard_reset")
+    def guard_reset(self, source="local"):
+        return self._guard("guard_reset", source)
 
-    def _p_estop(self):
-        if not self.inputs[0]:
+    def _p_estop(self, source):
+        if not self.inputs[IN_ESTOP]:
             return "E-stop chain open (estop_ok false)"
         return None
 
-    def _p_door(self):
-        if not self.inputs[1]:
+    def _p_door(self, source):
+        if not self.inputs[IN_DOOR]:
             return "door open (door_closed false)"
         return None
 
-    def _p_remote_enable(self):
-        if self.command_source == "remote" and not self.inputs[5]:
+    def _p_o2_vote(self, source):
+        if self.o2_bad >= 2:
+            return ("O2 vote lost: " + str(self.o2_bad) + " of 3 O2 sensors out of the vote "
+                    "(inerting could not be judged)")
+        return None
+
+    def _p_remote_enable(self, source):
+        if source == "remote" and not self.inputs[IN_REMOTE]:
             return "remote start needs the remote_enable key switch"
         return None
 
-    def _p_o2_healthy(self):
+    def _p_o2_healthy(self, source):
         if self.o2_bad:
-            return "O2 vote degraded: all three O2 sensors must be healthy to start"
+            return "O2 vote degraded: all three O2 sensors must be in the vote to start"
         return None
 
-    def _p_o2_low(self):
+    def _p_o2_low(self, source):
         if not self.voted_o2 < self.o2_permissive:
             return ("voted O2 " + _fmt(self.voted_o2) + " % is not below start_permissive "
                     + _fmt(self.o2_permissive) + " %")
         return None
 
-    def _p_no_alarm(self):
+    def _p_inerting(self, source):
+        if self.permissive_losses >= self.permissive_loss_limit:
+            return ("inerting_failed: READY lost its O2 permissive " + str(self.permissive_losses)
+                    + " times; find the leak, then acknowledge at the local panel")
+        return None
+
+    def _p_no_alarm(self, source):
         for k in range(len(ALARMS)):
             if self.alarm_active[k] and k not in ADVISORY_ALARMS:
                 return "alarm active: " + ALARMS[k][0]
         return None
 
-    def _p_rto(self):
-        if not self.inputs[2]:
+    def _p_rto(self, source):
+        if not self.inputs[IN_RTO]:
             return "RTO not ready"
         return None
 
-    def _p_crusher_off(self):
-        if self.inputs[3]:
+    def _p_crusher_off(self, source):
+        if self.inputs[IN_CRUSHER]:
             return "crusher feedback already on"
         return None
 
-    def _p_calibration(self):
+    def _p_calibration(self, source):
         if self.calibration_overdue:
             return ("calibration overdue beyond the grace: " + ", ".join(self.calibration_overdue)
                     + " (record the bump test or calibration: crushcell calibration record)")
         return None
 
-    def _p_reset_source(self):
-        if self.command_source == "remote" and not self.remote_reset:
+    def _p_reset_source(self, source):
+        if source == "remote" and not self.remote_reset:
             return "remote reset not allowed (cell.remote_reset = false): reset at the local panel"
         return None
 
-    def _p_causes_clear(self):
+    def _p_causes_clear(self, source):
         holding = []
         for ci in self.latched:
             t = self.last_active[ci]
@@ -873,3 +767,4 @@ class Core:
             return ("causes not clear for " + _fmt(self.reset_hold_ms / 1000.0) + " s: "
                     + ", ".join(holding))
         return None
+

@@ -3,7 +3,11 @@
 Why its own module: "unhealthy counts as the worst case" starts here. A reading is unhealthy
 when the backend reports a fault, the value is NaN or outside its range, it is older than its
 staleness limit, or it has not moved beyond one count for its stuck time (for redundant sensors:
-while a peer moved). The verdict is a short string so it can travel to the event log unchanged.
+while a peer moved), or, for redundant sensors, it has not moved beyond one count for the frozen
+time even though no peer moved either: the three O2 transmitters share an ADC, a bus and a supply,
+and a common-cause freeze must not pass as "all three agree". The noise floor this assumes: a
+live transmitter moves by more than one count (`resolution`) within the frozen time.
+The verdict is a short string so it can travel to the event log unchanged.
 """
 
 GOOD = "good"
@@ -11,12 +15,14 @@ Q_NAN = "fault:nan"
 Q_RANGE = "fault:out_of_range"
 Q_STALE = "fault:stale"
 Q_STUCK = "fault:stuck"
+Q_FROZEN = "fault:frozen"
+NEVER_MS = 1 << 62                 # a frozen time that never elapses (sensors without peers)
 
 
 class SensorHealth:
     """Health of every sensor, kept in flat lists indexed like the sensor tuple."""
 
-    def __init__(self, sensors, peer_groups=()):
+    def __init__(self, sensors, peer_groups=(), frozen_ms=NEVER_MS):
         # sensors: tuple of (name, low, high, stale_ms, stuck_ms, resolution)
         n = len(sensors)
         self.low = [float(s[1]) for s in sensors]
@@ -35,6 +41,8 @@ class SensorHealth:
             for i in group:
                 peers[i] = tuple(j for j in group if j != i)
         self.peers = peers
+        # frozen[i]: no movement this long is a fault even with every peer frozen too (common cause)
+        self.frozen_ms = [int(frozen_ms) if peers[i] else NEVER_MS for i in range(n)]
         self.n_bad = 0                   # how many sensors are unhealthy now
         self.fault_cache = {}            # backend fault code -> "fault:<code>", built once
 
@@ -45,6 +53,7 @@ class SensorHealth:
         ref_v = self.ref_v
         ref_t = self.ref_t
         stuck_ms = self.stuck_ms
+        frozen_ms = self.frozen_ms
         value = self.value
         i = 0
         for r, lo, hi, stale, res in zip(readings, self.low, self.high, self.stale_ms, self.res):
@@ -58,6 +67,8 @@ class SensorHealth:
                     q = GOOD
                 elif now - ref_t[i] > stuck_ms[i] and self._peer_moved(i):
                     q = Q_STUCK  # frozen output: a dead transmitter often holds its last value
+                elif now - ref_t[i] > frozen_ms[i]:
+                    q = Q_FROZEN  # all frozen together: a shared ADC, bus or supply died
                 else:
                     q = GOOD
             else:
@@ -67,7 +78,7 @@ class SensorHealth:
                 if healthy[i] != (q is GOOD):
                     self.n_bad += 1 if healthy[i] else -1
                 healthy[i] = q is GOOD
-                if q is not GOOD and q is not Q_STUCK:
+                if q is not GOOD and q is not Q_STUCK and q is not Q_FROZEN:
                     ref_v[i] = None  # judge movement afresh once it recovers
                 changed.append(i)
             i += 1
@@ -106,19 +117,25 @@ class RiseDetector:
     Why slot means: a rate from two single samples multiplies the sensor noise (a thermocouple's
     0.2 K of noise over 30 s already reads as 0.5 K/min); averaging each slot first keeps the rate
     honest without allocating per scan. The rate is the newest complete slot's mean minus the
-    oldest's, over the window; it is refreshed once per slot (window / 10).
+    oldest's, divided by the real time between the two slots' mean sample times: at a long scan
+    period a slot stretches to the scan, and dividing by the nominal window would overstate the
+    rate. It is refreshed once per slot (window / 10). Until the window has filled, the rise so far
+    is divided by the whole window (a young rate never overstates).
     """
 
     def __init__(self, window_ms, per_s, slots=10):
         self.slots = slots + 1                  # slots + 1 means span exactly `slots` periods
         self.period = max(1, window_ms // slots)
-        self.window_s = (self.period * slots) / 1000.0
-        self.scale = per_s / self.window_s      # a rise over the window in units per `per_s`
+        self.window_ms = self.period * slots
+        self.window_s = self.window_ms / 1000.0
+        self.per_ms = per_s * 1000.0            # a rise per ms, in units per `per_s`
         self.ring = [0.0] * self.slots
+        self.tring = [0.0] * self.slots         # mean sample time of each slot, ms
         self.idx = 0
         self.filled = 0
         self.next_t = 0
         self.acc = 0.0
+        self.tacc = 0.0
         self.count = 0
         self.valid = False
         self.rate = 0.0
@@ -133,28 +150,34 @@ class RiseDetector:
             self.valid = True
             self.filled = 0
             self.acc = 0.0
+            self.tacc = 0.0
             self.count = 0
             self.next_t = now + self.period
         self.acc += v
+        self.tacc += now
         self.count += 1
         if now >= self.next_t:
             ring = self.ring
-            ring[self.idx] = self.acc / self.count
-            self.idx = (self.idx + 1) % self.slots
+            tring = self.tring
+            idx = self.idx
+            ring[idx] = self.acc / self.count
+            tring[idx] = self.tacc / self.count
+            idx = (idx + 1) % self.slots
+            self.idx = idx
             if self.filled < self.slots:
                 self.filled += 1
             self.acc = 0.0
+            self.tacc = 0.0
             self.count = 0
             self.next_t += self.period
             if now >= self.next_t:   # after a long gap, do not try to catch up slot by slot
                 self.next_t = now + self.period
-            if self.filled == self.slots:
-                # ring[idx] is now the oldest slot; the newest is just behind it.
-                newest = ring[self.idx - 1]
-                self.rate = (newest - ring[self.idx]) * self.scale
-            elif self.filled >= 2:
-                # Not a full window yet: the rise so far, over the full window (never overstates).
-                newest = ring[self.idx - 1]
-                oldest = ring[(self.idx - self.filled) % self.slots]
-                self.rate = (newest - oldest) * self.scale
+            if self.filled >= 2:
+                # ring[idx] is the oldest slot once full; the newest is just behind idx.
+                old = idx if self.filled == self.slots else (idx - self.filled) % self.slots
+                span = tring[idx - 1] - tring[old]
+                if self.filled < self.slots and span < self.window_ms:
+                    span = self.window_ms
+                if span > 0:
+                    self.rate = (ring[idx - 1] - ring[old]) * self.per_ms / span
         return self.rate

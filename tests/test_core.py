@@ -15,7 +15,7 @@ def _register(name, fn):
     globals()[name] = fn
 
 
-OUT = ("crusher", "feed", "n2_purge", "n2_boost", "exhaust", "vent", "alarm")
+OUT = ("crusher", "feed", "n2_purge", "n2_boost", "exhaust", "vent", "alarm", "horn")
 
 
 def bench(**changes):
@@ -26,13 +26,35 @@ def outputs(b):
     return dict(zip(OUT, b.core.outputs))
 
 
-def assert_tripped_safe(b, cause):
+def expected_gas(b, overpressure=False):
+    """The gas outputs in TRIPPED by domain.md "Trip effects by cause", from what the bench feeds.
+
+    Written from the reference table, not from the core: default purge, boost and exhaust open,
+    vent closed; the RTO inlet at or above its warning (or faulty) closes the exhaust and opens the
+    vent; overpressure (dp at or above its trip, or dp faulty) closes the boost and opens the vent;
+    an open door closes both N2 valves.
+    """
+    purge, boost, exhaust, vent = True, True, True, False
+    rto = b.values["lel_rto"]
+    if "lel_rto" in b.faults or not rto < 20.0:
+        exhaust, vent = False, True
+    dp = b.values["dp_cell"]
+    if overpressure or "dp_cell" in b.faults or not dp < 250.0:
+        boost, vent = False, True
+    if not b.inputs["door_closed"]:
+        purge, boost = False, False
+    return {"n2_purge": purge, "n2_boost": boost, "exhaust": exhaust, "vent": vent}
+
+
+def assert_tripped_safe(b, cause, overpressure=False):
     c = b.core
     assert c.state_name == "TRIPPED", (cause, c.state_name)
     assert cause in c.causes(), (cause, c.causes())
     o = outputs(b)
     assert not o["crusher"] and not o["feed"], o
-    assert not o["exhaust"] and o["vent"] and o["n2_purge"] and o["n2_boost"] and o["alarm"], o
+    assert o["alarm"], o     # the beacon is on in TRIPPED whatever the cause
+    gas = expected_gas(b, overpressure)
+    assert {k: o[k] for k in gas} == gas, (cause, o, gas)
 
 
 # --- transition rows ---------------------------------------------------------------------------
@@ -43,7 +65,7 @@ def test_row_boot_self_test_passed_to_idle():
     b.run(0.2)
     assert b.core.state_name == "IDLE"
     assert outputs(b) == {"crusher": False, "feed": False, "n2_purge": False, "n2_boost": False,
-                          "exhaust": True, "vent": False, "alarm": False}
+                          "exhaust": True, "vent": False, "alarm": False, "horn": False}
 
 
 def test_row_boot_trip_on_failed_self_test():
@@ -58,7 +80,7 @@ def test_boot_outputs_are_the_safe_states():
     b = bench()
     b.scan()
     assert outputs(b) == {"crusher": False, "feed": False, "n2_purge": True, "n2_boost": True,
-                          "exhaust": False, "vent": True, "alarm": False}
+                          "exhaust": False, "vent": True, "alarm": False, "horn": False}
 
 
 def test_row_idle_purge_to_purging():
@@ -350,30 +372,43 @@ def test_ack_silences_the_horn_but_keeps_the_latch():
     b.to_state("RUNNING")
     b.values["temp_gas"] = 85.0
     b.scan()
-    assert outputs(b)["alarm"]
+    assert outputs(b)["alarm"] and outputs(b)["horn"]
     assert b.command("ack") == (True, "")
-    assert not outputs(b)["alarm"]
+    assert not outputs(b)["horn"]          # ack silences the horn...
+    assert outputs(b)["alarm"]             # ...but the beacon stays on while TRIPPED
     assert b.core.state_name == "TRIPPED"
 
 
 # --- trip causes: one test each ----------------------------------------------------------------
-def no_rise_params():
-    """Levels tested alone: a jump to just below a limit would otherwise trip a rate rule."""
-    p = params()
-    for rule in ("co_rise", "temp_rise", "dp_rise"):
-        p["thresholds"][rule]["trip"] = 1e9
-        if "warning" in p["thresholds"][rule]:
-            p["thresholds"][rule]["warning"] = 1e8
-    return p
+# Slow enough for every rate rule (well below co_rise, temp_rise and dp_rise), per second.
+APPROACH_PER_S = {"co_cell": 20.0, "temp_gas": 4.0 / 60.0, "temp_material": 4.0 / 60.0, "dp_cell": 40.0}
+
+
+def approach(b, sensor, target):
+    """Move a sensor to `target` as a real process would: a jump where no rate rule watches it,
+    a ramp below every rise limit where one does (no key may switch a rise trip off)."""
+    rate = APPROACH_PER_S.get(sensor)
+    if rate is None:
+        b.values[sensor] = target
+        return
+    step = rate * b.period / 1000.0
+    v = b.values[sensor]
+    while abs(target - v) > step:
+        v += step if target > v else -step
+        b.values[sensor] = v
+        b.scan()
+    b.values[sensor] = target
 
 
 def _level_case(sensor, cause, below, above):
     def case():
-        b = Bench(no_rise_params())
-        b.to_state("RUNNING")
-        b.values[sensor] = below
+        # READY: a level trips in every operating state; in RUNNING the warning held for 5 s would
+        # stop the crusher during the slow approach, by design.
+        b = bench()
+        b.to_state("READY")
+        approach(b, sensor, below)
         b.scan()
-        assert b.core.state_name == "RUNNING", (cause, b.core.causes())
+        assert b.core.state_name == "READY", (cause, b.core.causes())
         b.values[sensor] = above
         b.scan()
         assert_tripped_safe(b, cause)
@@ -409,7 +444,7 @@ def test_trip_o2_high_needs_two_of_three():
     b.to_state("RUNNING")
     b.values["o2_a"] = 3.0
     b.run(1)
-    assert b.core.state_name == "RUNNING"   # one high sensor alone does not trip
+    assert b.core.state_name == "STOPPING"   # one high sensor alone does not trip: it stops crushing
     b.values["o2_b"] = 3.0
     b.scan()
     assert_tripped_safe(b, "o2_high")
@@ -484,7 +519,7 @@ def test_trip_dp_rise():
     b = bench()
     b.to_state("RUNNING")
     _ramp(b, "dp_cell", 20.0, 10)   # 200 Pa/s
-    assert_tripped_safe(b, "dp_rise")
+    assert_tripped_safe(b, "dp_rise", overpressure=True)   # rising now: relieve, add no N2
 
 
 def test_trip_n2_supply_low_only_while_o2_rises():
@@ -658,8 +693,10 @@ def test_health_stuck_o2_needs_moving_peer():
     b2.to_state("READY")
     for k in ("o2_a", "o2_b", "o2_c"):
         b2.res[k] = 0.0   # all three frozen: no peer moved, so none is judged stuck
-    b2.run(61)
-    assert b2.core.health.quality[0] == "good"
+    b2.run(59)
+    assert b2.core.health.quality[0] == "good"   # no peer moved: not stuck; not yet frozen
+    b2.run(2)
+    assert b2.core.health.quality[0] == "fault:frozen"   # a common-cause freeze of all three
 
 
 def test_sensor_quality_events():
@@ -719,3 +756,20 @@ def test_noisy_temperature_gives_no_rise_alarm():
         b.scan()
     assert not [e for e in b.core.events if e["type"] == "alarm" and e["name"] == "temp_rise"]
     assert b.core.state_name == "READY"
+
+
+def test_loop_faults_trip_in_the_same_scan_even_during_the_self_test():
+    # output_write and scan_overrun are about the controller itself, not about warming sensors:
+    # the beacon and horn must not wait for the end of BOOT's self-test.
+    b = bench()
+    b.write_ok = False
+    b.scan()
+    assert b.core.state_name == "TRIPPED" and b.core.causes() == ["output_write"]
+    b = bench()
+    b.overruns = params()["overrun_trip_count"]
+    b.scan()
+    assert b.core.state_name == "TRIPPED" and b.core.causes() == ["scan_overrun"]
+    b = bench()
+    b.faults["o2_a"] = "disconnect"      # a sensor fault during warm-up still waits for the self-test
+    b.scan()
+    assert b.core.state_name == "BOOT"

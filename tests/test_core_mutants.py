@@ -22,6 +22,7 @@ from controller.core import (
     Core,
     check_table,
 )
+from controller.names import CALIBRATED_SENSORS, OUT_ALARM, OUT_HORN
 
 
 def bench(**changes):
@@ -64,15 +65,13 @@ def ready():
 def test_start_reasons_exactly():
     b = ready()
     c = b.core
-    c.command_source = "remote"
-    assert c.guard_start() == "remote start needs the remote_enable key switch"
+    assert c.guard_start("remote") == "remote start needs the remote_enable key switch"
     c.inputs[5] = True
-    assert c.guard_start() is None
-    c.command_source = "local"
+    assert c.guard_start("remote") is None
     c.inputs[5] = False
-    assert c.guard_start() is None
+    assert c.guard_start("local") is None
     c.o2_bad = 1
-    assert c.guard_start() == "O2 vote degraded: all three O2 sensors must be healthy to start"
+    assert c.guard_start() == "O2 vote degraded: all three O2 sensors must be in the vote to start"
     c.o2_bad = 0
     c.voted_o2 = 1.5
     assert c.guard_start() == "voted O2 1.5 % is not below start_permissive 1.5 %"
@@ -81,6 +80,11 @@ def test_start_reasons_exactly():
     c.voted_o2 = float("nan")
     assert c.guard_start() == "voted O2 nan % is not below start_permissive 1.5 %"
     c.voted_o2 = 0.5
+    c.permissive_losses = 3
+    assert c.guard_start() == ("inerting_failed: READY lost its O2 permissive 3 times; find the leak, "
+                               "then acknowledge at the local panel")
+    c.permissive_losses = 2
+    assert c.guard_start() is None
     c.alarm_active[ALARMS.index(("hf_room", "warning", ALARMS[6][2]))] = True
     assert c.guard_start() == "alarm active: hf_room"
     c.alarm_active = [False] * len(ALARMS)
@@ -104,7 +108,10 @@ def test_advisory_alarm_does_not_block_but_the_next_alarm_does():
         c.alarm_active[k] = True
     assert c.guard_start() is None
     first = names.index("calibration_due:o2_a")
-    assert core.ADVISORY_ALARMS == tuple(range(first, len(ALARMS)))
+    assert core.ADVISORY_ALARMS == tuple(range(first, first + len(CALIBRATED_SENSORS)))
+    c.alarm_active[first + len(CALIBRATED_SENSORS)] = True   # the alarm just after them is not advisory
+    assert c.guard_start() == "alarm active: " + ALARMS[first + len(CALIBRATED_SENSORS)][0]
+    c.alarm_active[first + len(CALIBRATED_SENSORS)] = False
     c.alarm_active[first - 1] = True   # the alarm just before them in the table is not advisory
     assert c.guard_start() == "alarm active: " + ALARMS[first - 1][0]
 
@@ -120,6 +127,10 @@ def test_purge_reasons_exactly():
     assert c.guard_purge() == "door open (door_closed false)"
     c.inputs[1] = True
     assert c.guard_purge() is None
+    c.o2_bad = 2
+    assert c.guard_purge() == "O2 vote lost: 2 of 3 O2 sensors out of the vote (inerting could not be judged)"
+    c.o2_bad = 1
+    assert c.guard_purge() is None
 
 
 def tripped_on_h2():
@@ -134,11 +145,9 @@ def tripped_on_h2():
 def test_reset_reasons_and_the_hold_boundary():
     b = tripped_on_h2()
     c = b.core
-    c.command_source = "remote"
-    assert c.guard_reset() == ("remote reset not allowed (cell.remote_reset = false): reset at the local "
-                               "panel")
-    c.command_source = "local"
-    assert c.guard_reset() == "causes not clear for 5 s: h2_high"
+    assert c.guard_reset("remote") == ("remote reset not allowed (cell.remote_reset = false): reset at the "
+                                       "local panel")
+    assert c.guard_reset("local") == "causes not clear for 5 s: h2_high"
     last = c.last_active[CAUSES.index("h2_high")]
     c.now = last + 4999
     assert c.guard_reset() == "causes not clear for 5 s: h2_high"
@@ -212,7 +221,8 @@ def test_restored_trip_acked_stays_silent_and_unacked_sounds():
         b.run(2.5)
         assert b.core.state_name == "TRIPPED"
         assert b.core.trip_acked is acked
-        assert b.core.outputs[6] is (not acked)
+        assert b.core.outputs[OUT_HORN] is (not acked)
+        assert b.core.outputs[OUT_ALARM]   # the beacon: on while TRIPPED, acknowledged or not
 
 
 def test_ack_state_and_ack_bookkeeping():
@@ -225,7 +235,7 @@ def test_ack_state_and_ack_bookkeeping():
     b.scan((("ack", "local"),))
     assert c.persist_gen > gen
     assert c.ack_state() == (True, ["h2_cell"])
-    assert c.unacked == 0 and not c.outputs[6]
+    assert c.unacked == 0 and not c.outputs[OUT_HORN] and c.outputs[OUT_ALARM]
     assert c.active_alarms() == [("h2_cell", "warning", True)]
     assert b.events("command")[-1]["accepted"] is True
 
@@ -269,16 +279,21 @@ def running():
 
 def test_stop_reason_order_follows_the_table():
     reasons = [r for r, _k in core.STOP_ALARMS]
-    assert reasons == ["lel_rto_warning", "o2_vote_degraded", "n2_supply_low", "rto_not_ready"]
+    assert reasons == ["o2_one_high", "lel_rto_warning", "o2_vote_degraded", "n2_supply_low", "rto_not_ready"]
     c = running().core
     names = [a[0] for a in ALARMS]
     for alarm, reason in (("rto_not_ready", "rto_not_ready"), ("n2_supply", "n2_supply_low"),
-                          ("o2_vote_degraded", "o2_vote_degraded"), ("lel_rto", "lel_rto_warning")):
+                          ("o2_vote_degraded", "o2_vote_degraded"), ("lel_rto", "lel_rto_warning"),
+                          ("o2_one_high", "o2_one_high")):
         c.alarm_active[names.index(alarm)] = True
         assert c._stop_reason(c.now) == reason
     c.alarm_active = [False] * len(ALARMS)
     c.alarm_active[names.index("o2_deviation")] = True
+    assert c._stop_reason(c.now) is None          # a deviation alone stops only when held
+    c.vote.dev_since = c.now - 29999
     assert c._stop_reason(c.now) is None
+    c.vote.dev_since = c.now - 30000
+    assert c._stop_reason(c.now) == "o2_deviation_held"
 
 
 def test_held_warning_boundary_and_name():
@@ -317,18 +332,37 @@ def test_stopping_and_ready_ignore_stop_reasons():
 
 # -- outputs and events -------------------------------------------------------------------------------
 def test_output_table_for_every_state_feedback_and_horn():
+    # Every precomputed combination passes the interlock; BOOT is the safe states; the rows of
+    # domain.md's state table; TRIPPED's gas outputs follow the combination rule for its classes.
     c = Core(params(), 0)
     safe = tuple(bool(x) for x in params()["safe"])
-    t = c.output_table
-    assert t[BOOT][0][0] == safe and t[BOOT][1][0] == safe
-    assert t[TRIPPED][0][1] == safe[:6] + (True,)
-    assert t[IDLE][0][0] == (False, False, False, False, True, False, False)
-    assert t[IDLE][1][1] == (False, False, False, False, True, False, True)
-    assert t[PURGING][0][0] == (False, False, True, True, True, False, False)
-    assert t[READY][0][0] == (False, False, True, False, True, False, False)
-    assert t[RUNNING][0][0] == (True, False, True, False, True, False, False)
-    assert t[RUNNING][1][0] == (True, True, True, False, True, False, False)
-    assert t[STOPPING][1][1] == (True, False, True, True, True, False, True)
+    states = (BOOT, IDLE, PURGING, READY, RUNNING, STOPPING, TRIPPED)
+    rows = {IDLE: (False, False, False, False, True, False), PURGING: (False, False, True, True, True, False),
+            READY: (False, False, True, False, True, False), STOPPING: (True, False, True, True, True, False)}
+    seen = 0
+    for k, out in enumerate(c.output_table):
+        state = k % 8
+        if state not in states:
+            assert out is None
+            continue
+        seen += 1
+        fb, beacon, horn, classes = (k >> 3) & 1, (k >> 4) & 1, (k >> 5) & 1, k >> 6
+        assert out[OUT_ALARM] == bool(beacon) and out[OUT_HORN] == bool(horn), (k, out)
+        if state not in (RUNNING, STOPPING):
+            assert not out[0] and not out[1], (k, out)
+        if state == BOOT:
+            assert out[:6] == safe[:6]
+        elif state == TRIPPED:
+            purge = not classes & 4
+            boost = not classes & 4 and not classes & 2
+            exhaust = not classes & 1
+            vent = bool(classes & 3)
+            assert out[2:6] == (purge, boost, exhaust, vent), (classes, out)
+        elif state == RUNNING:
+            assert out[:6] == (True, bool(fb), True, False, True, False)
+        else:
+            assert out[:6] == rows[state], (state, out)
+    assert seen == 7 * 2 * 2 * 2 * 8
 
 
 def test_outputs_event_only_on_change_and_exact():
@@ -339,7 +373,7 @@ def test_outputs_event_only_on_change_and_exact():
     first = b.events("outputs")
     assert len(first) == 1 and first[0]["outputs"] == {
         "crusher": False, "feed": False, "n2_purge": False, "n2_boost": False, "exhaust": True, "vent": False,
-        "alarm": False}
+        "alarm": False, "horn": False}
     b.run(1)
     assert len(b.events("outputs")) == 1
 
@@ -353,13 +387,14 @@ def test_alarm_events_exact_and_once():
     ev = [e for e in b.events("alarm") if e["name"] == "hf_room"]
     assert ev == [{"t": ev[0]["t"], "type": "alarm", "name": "hf_room", "active": True,
                    "severity": "warning"}]
-    assert b.core.unacked == 1 and b.core.outputs[6]
+    assert b.core.unacked == 1 and b.core.outputs[OUT_ALARM] and b.core.outputs[OUT_HORN]
     b.values["hf_room"] = QUIET["hf_room"]
     b.scan()
     assert b.core.alarm_active[[a[0] for a in ALARMS].index("hf_room")]   # the off-delay holds it
     b.run(2.1)
     ev = [e for e in b.events("alarm") if e["name"] == "hf_room"]
-    assert ev[-1]["active"] is False and b.core.unacked == 0 and not b.core.outputs[6]
+    assert ev[-1]["active"] is False and b.core.unacked == 0 and not b.core.outputs[OUT_ALARM]
+    assert not b.core.outputs[OUT_HORN]
 
 
 def test_trip_event_and_state_event_exact():
@@ -382,7 +417,7 @@ def test_new_hazard_in_tripped_joins_the_latch_once_with_an_event():
     joined = [e for e in b.events("trip") if e["causes"] == ["lel_high"]]
     assert len(joined) == 1
     assert b.core.causes() == ["h2_high", "lel_high"]
-    assert not b.core.trip_acked and b.core.outputs[6]
+    assert not b.core.trip_acked and b.core.outputs[OUT_HORN]
 
 
 def test_in_tripped_a_cause_that_would_not_trip_purging_does_not_join():
@@ -460,8 +495,8 @@ def test_self_test_names_every_unhealthy_sensor_and_input():
     b.faults["h2_cell"] = "crc"
     b.faults["n2_supply"] = "crc"
     b.run(2.5)
-    # h2_cell's own fault is judged first (step 4), then the self-test names every unhealthy sensor.
-    assert b.core.causes() == ["sensor_fault:h2_cell", "self_test", "sensor_fault:n2_supply"]
+    # The self-test's condition is judged first, then every unhealthy sensor in sensor order.
+    assert b.core.causes() == ["self_test", "sensor_fault:h2_cell", "sensor_fault:n2_supply"]
     b2 = bench()
     b2.inputs["rto_ready"] = None
     b2.run(2.5)
@@ -664,15 +699,19 @@ def test_o2_deviation_is_strictly_more_than_the_limit_from_the_mean_of_the_peers
     assert not b.core.alarm_active[k]
 
 
-def test_unreadable_crusher_feedback_in_running_keeps_the_feed_off_and_does_not_trip():
+def test_unreadable_crusher_feedback_in_running_alarms_stops_the_feed_then_trips():
     b = running()
     assert b.core.outputs[1]                 # feeding with good feedback
     ins = [True, True, True, None, False, False]
-    for _ in range(30):                      # 3 s, past feedback_timeout_s
+    exact(b, inputs=ins)
+    assert "input_fault:crusher_running" in [a[0] for a in b.core.active_alarms()]
+    assert not b.core.outputs[1]             # the feed needs a readable "running"
+    assert b.core.inputs[3] is True          # counted as running (worst case) meanwhile
+    for _ in range(19):                      # 2 s of unreadable feedback in all
         exact(b, inputs=ins)
-    assert b.core.state_name == "RUNNING"    # counted as running: agrees with the command
-    assert not b.core.outputs[1]             # but the feed needs a readable "running"
-    assert b.core.inputs[3] is True
+    assert b.core.state_name == "RUNNING"
+    exact(b, inputs=ins)
+    assert b.core.state_name == "TRIPPED" and b.core.causes() == ["output_feedback:crusher"]
 
 
 def ramp(b, sensor, start, end, seconds):
@@ -842,7 +881,12 @@ def test_self_test_ignores_the_door_and_only_runs_in_boot():
     b2.faults["o2_a"] = "crc"                # a failed self-test latches self_test...
     b2.run(3)
     assert b2.core.causes() == ["self_test", "sensor_fault:o2_a"]
-    b2.run(6)                                # ...judged once: it does not hold the reset off forever
+    b2.run(6)                                # ...and holds the reset off while the sensor is dead
+    assert b2.command("reset") == (False, "causes not clear for 5 s: self_test, sensor_fault:o2_a")
+    del b2.faults["o2_a"]
+    b2.run(4.8)                              # the next scan is 4.9 s after the last bad one
+    assert b2.command("reset")[0] is False
+    b2.run(0.2)
     assert b2.command("reset") == (True, "")
     assert b2.core.state_name == "PURGING"
 

@@ -39,7 +39,7 @@ def safe_levels(config):
 
 def idle_levels(config):
     idle = {"crusher": False, "feed": False, "n2_purge": False, "n2_boost": False, "exhaust": True,
-            "vent": False, "alarm": False}
+            "vent": False, "alarm": False, "horn": False}
     return {n: pin_level(idle[n], config.outputs[n].safe, config.outputs[n].active_low) for n in OUTPUTS}
 
 

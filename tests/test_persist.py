@@ -19,6 +19,7 @@ from corekit import Bench, params
 
 from controller import config, persist
 from controller.loop import ScanLoop
+from controller.names import OUT_ALARM, OUT_HORN
 from hal.sim import SimulatedCell
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +101,8 @@ def test_restart_restores_latch_causes_and_acknowledgements(tmp_path):
     again.run_simulated(2500)
     assert again.core.state_name == "TRIPPED" and again.core.causes() == ["estop"]
     assert again.core.trip_acked is True          # silenced before the restart: stays silent
-    assert not again.core.outputs[6]
+    assert not again.core.outputs[OUT_HORN]      # the horn silent; the beacon on while TRIPPED
+    assert again.core.outputs[OUT_ALARM]
     events = again.drain_events()
     p2.handle(events)
     assert events[0]["seq"] == saved["seq"] + 1   # the sequence goes on across the restart
@@ -177,7 +179,7 @@ def test_core_ack_state_survives_restore_for_named_alarms():
     b.scan()
     alarms = {a[0]: a[2] for a in b.core.active_alarms()}
     assert alarms["lel_cell"] is False             # a new alarm still sounds
-    assert b.core.outputs[6]
+    assert b.core.outputs[OUT_HORN]
 
 
 # -- end to end: SIGKILL while TRIPPED -----------------------------------------------------------
