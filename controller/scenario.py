@@ -26,7 +26,7 @@ class ScenarioError(InputFileError):
 class Step:
     t: float
     kind: str           # command | event | fault | force
-    name: str           # action, event name, sensor/output name
+    name: str           # action, event name, sensor/input/output name
     arg: Any = None     # source, fault mode, forced value (None = release)
 
 
@@ -39,10 +39,20 @@ class Scenario:
     steps: tuple[Step, ...]
 
 
-def _sim_vocabulary() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    from hal.sim import EVENTS, OUTPUT_FAULT_MODES, SENSOR_FAULT_MODES
+def _sim_vocabulary() -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """The sim's events, and the fault modes allowed for each fault target (sensor, input, output)."""
+    from hal.sim import (
+        EVENTS,
+        INPUT_FAULT_MODES,
+        INPUT_FAULT_TARGETS,
+        OUTPUT_FAULT_MODES,
+        SENSOR_FAULT_MODES,
+    )
 
-    return tuple(EVENTS), tuple(SENSOR_FAULT_MODES), tuple(OUTPUT_FAULT_MODES)
+    modes = {name: tuple(SENSOR_FAULT_MODES) for name in SENSORS}
+    modes.update((name, tuple(INPUT_FAULT_MODES)) for name in INPUT_FAULT_TARGETS)
+    modes.update((name, tuple(OUTPUT_FAULT_MODES)) for name in OUTPUTS)
+    return tuple(EVENTS), modes
 
 
 def load(path: str | Path) -> Scenario:
@@ -53,7 +63,8 @@ def load(path: str | Path) -> Scenario:
 
 def parse(data: dict[str, Any], name: str = "<scenario>") -> Scenario:
     errors: list[str] = []
-    events, sensor_modes, output_modes = _sim_vocabulary()
+    events, fault_modes = _sim_vocabulary()
+    fault_targets = tuple(fault_modes)
     root = Section(name, "", data, errors)
     title = root.string("name", "unnamed")
     root.string("description", "")
@@ -85,8 +96,9 @@ def parse(data: dict[str, Any], name: str = "<scenario>") -> Scenario:
         elif kind == "event":
             steps.append(Step(t, kind, s.string("event", choices=events)))
         elif kind == "fault":
-            target = s.string("fault", choices=SENSORS + OUTPUTS)
-            modes = output_modes if target in OUTPUTS else sensor_modes
+            target = s.string("fault", choices=fault_targets)
+            # An unknown target is reported once, by name; its mode cannot be judged without it.
+            modes = fault_modes.get(target)
             steps.append(Step(t, kind, target, s.string("mode", choices=modes)))
         else:
             target = s.string("force", choices=SENSORS)

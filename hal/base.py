@@ -39,7 +39,12 @@ class CellIO(Protocol):
         """Every sensor, in `SENSORS` order. Must not block longer than a scan."""
 
     def read_inputs(self, now_ms: int) -> Sequence[bool | None]:
-        """Every digital input, in `INPUTS` order; None where the read failed."""
+        """Every digital input, in `INPUTS` order; None where the read failed.
+
+        Inputs in `EDGE_LATCHED_INPUTS` (estop_ok, door_closed) read False if they went False at any
+        time since the previous read, even if True again now (a pulse shorter than a scan must
+        still trip); the read after that gives the live value.
+        """
 
     def write_outputs(self, values: Sequence[bool]) -> bool:
         """Apply every logical output (in `OUTPUTS` order) at once; False if any write failed."""

@@ -15,7 +15,7 @@ configured range. The three O2 cells get small distinct zero offsets, as real ce
 noise comes from a table of standard normals drawn once from the seeded generator, read from a
 random start each scan (12 gauss() calls a scan would cost half the scan budget).
 
-Faults (`inject_fault(sensor, mode)`), each exactly:
+Sensor faults (`inject_fault(sensor, mode)`, SENSOR_FAULT_MODES), each exactly:
 - disconnect:   Reading(nan, "disconnect", now)
 - nan:          Reading(nan, None, now)
 - out_of_range: Reading(high + 10 % of span, None, now), not clamped
@@ -23,16 +23,42 @@ Faults (`inject_fault(sensor, mode)`), each exactly:
 - stale:        the last Reading returned, repeated with its old t_ms
 - drift:        healthy reading + 2 % of span per minute since injection, clamped
 - clear:        healthy again
-Output faults: `welded` (crusher: the contactor stays closed, the feedback stays True and the
-crusher runs whatever the command; other outputs: recorded in `output_faults` only), `clear`.
+Input faults (`inject_fault("crusher_running", mode)`, INPUT_FAULT_TARGETS, INPUT_FAULT_MODES):
+- chatter:      the feedback read is a 5 Hz square wave whatever the contactor does: True for
+                CHATTER_HALF_PERIOD_MS (100 ms), False for the next 100 ms, and so on, True from
+                the injection time (a read at injection + k x 100 ms gives True for even k); the
+                crusher itself still follows the contactor
+- drop:         the contactor opens as if the hard-wired chain cut its coil: at once, and held open
+                whatever the command (welded contacts excepted: they cannot open); the crusher
+                stops turning and the feedback reads False; `estop_ok` is unaffected
+- unreadable:   read_inputs gives None for crusher_running; the contactor works as commanded
+- clear:        healthy again; after `drop` the contactor pulls in again after CONTACTOR_DELAY_MS
+                if the command still asks for it
+Output faults (`inject_fault(output, mode)`, OUTPUT_FAULT_MODES), one mode per output at a time:
+- welded:       crusher: the contactor stays closed, the feedback stays True and the crusher runs
+                whatever the command (E-stop and `drop` included); other outputs: recorded in
+                `output_faults` only
+- write_fail:   the relay board does not take writes of that output: write_outputs returns False
+                and the output stays where it was (force_safe cannot move it either); the other
+                outputs are written
+- clear:        healthy again (a `write_fail` output moves at the next write)
 
 Events: see EVENTS. `estop` also drops every output to its safe state (the controller's relays
-are wired in series with the hard-wired E-stop chain). `door_open` lets air in
-(DOOR_OPEN_LEAK_M3_MIN). `local_reset` presses the panel reset for RESET_PRESS_MS. A
+are wired in series with the hard-wired E-stop chain) and the crusher contactor at once (its coil
+drops out in tens of ms, inside a scan); `estop_release` restores the chain, and the contactor
+pulls in again after CONTACTOR_DELAY_MS only if the crusher is still commanded. `door_open` lets
+air in (DOOR_OPEN_LEAK_M3_MIN). `local_reset` presses the panel reset for RESET_PRESS_MS. A
 `thermal_runaway` while one is still burning is ignored.
 
+Edge latch (EDGE_LATCHED_INPUTS: estop_ok, door_closed): an event that takes one of them from
+True to False is latched until the next read_inputs, which returns False for it even if a later
+event made it True again (a 40 ms pulse between two reads is seen once); that read clears the
+latch and the read after it gives the live value. A pulse held across reads reads False for as
+long as it lasts.
+
 Outputs: until the first `write_outputs` they are in the configured safe state (no power). The
-crusher turns only while its contactor is closed (`crusher_running`).
+crusher turns only while its contactor is closed (`crusher_running`). `alarm` and `horn` have no
+effect on the physics.
 
 `force(sensor, value)` holds what that one sensor sees (offset and noise still apply, its lag is
 bypassed); the physics underneath goes on, and `force(sensor, None)` lets the reading relax back
@@ -46,7 +72,24 @@ import random
 from collections.abc import Sequence
 from operator import itemgetter
 
-from controller.names import INPUTS, OUTPUTS, SENSORS
+from controller.names import (
+    EDGE_LATCHED_INPUTS,
+    IN_CRUSHER,
+    IN_DOOR,
+    IN_ESTOP,
+    IN_REMOTE,
+    IN_RESET,
+    IN_RTO,
+    INPUTS,
+    OUT_BOOST,
+    OUT_CRUSHER,
+    OUT_EXHAUST,
+    OUT_FEED,
+    OUT_PURGE,
+    OUT_VENT,
+    OUTPUTS,
+    SENSORS,
+)
 from hal.base import FAULT_DISCONNECT, Reading
 from hal.sim_model import (
     AIR_INGRESS_LEAK_M3_MIN,
@@ -65,6 +108,7 @@ DRIFT_SPAN_PER_MIN = 0.02        # `drift` fault: offset growth, fraction of the
 OUT_OF_RANGE_SPAN = 0.10         # `out_of_range` fault: this fraction of the span above the range high
 RESET_PRESS_MS = 1000            # `local_reset` event: how long the button reads pressed
 NOISE_TABLE_BITS = 14            # 16384 standard-normal draws made once per seed (speed, see below)
+CHATTER_HALF_PERIOD_MS = 100     # `chatter` fault: a 5 Hz square wave, 100 ms closed, 100 ms open
 
 # First-order lag of each sensor, s (T63 of the instrument).
 SENSOR_TAU_S = {
@@ -80,7 +124,9 @@ SENSOR_TAU_S = {
 SENSOR_ZERO_OFFSET = {"o2_a": 0.03, "o2_b": 0.06, "o2_c": 0.045}
 
 SENSOR_FAULT_MODES = ("disconnect", "stuck", "nan", "out_of_range", "drift", "stale", "clear")
-OUTPUT_FAULT_MODES = ("welded", "clear")
+INPUT_FAULT_TARGETS = ("crusher_running",)
+INPUT_FAULT_MODES = ("chatter", "drop", "unreadable", "clear")
+OUTPUT_FAULT_MODES = ("welded", "clear", "write_fail")
 EVENTS = (
     "thermal_runaway", "air_ingress", "air_ingress_end", "n2_supply_loss", "n2_supply_restore",
     "rto_trip", "rto_restore", "estop", "estop_release", "door_open", "door_close",
@@ -110,6 +156,7 @@ class SimulatedCell:
         self.heartbeats = 0
         self.closed = False
         self.output_faults: dict[str, str] = {}
+        self.input_faults: dict[str, str] = {}
 
         sensors = [config.sensors[n] for n in SENSORS]
         self._lo = [s.low for s in sensors]
@@ -133,23 +180,23 @@ class SimulatedCell:
         self._forced_items: tuple[tuple[int, float], ...] = ()
         self._last: list[Reading] | None = None
 
-        # Inputs (INPUTS order) and outputs.
-        self._i_estop = INPUTS.index("estop_ok")
-        self._i_door = INPUTS.index("door_closed")
-        self._i_rto = INPUTS.index("rto_ready")
-        self._i_fb = INPUTS.index("crusher_running")
-        self._i_reset = INPUTS.index("local_reset")
-        self._i_remote = INPUTS.index("remote_enable")
+        # Inputs (INPUTS order): the live values, and the edge-latched ones that went False since
+        # the last read (a pulse shorter than a scan must still be seen once).
         self._inputs: list[bool | None] = [False] * len(INPUTS)
-        self._inputs[self._i_estop] = True
-        self._inputs[self._i_door] = True
-        self._inputs[self._i_rto] = True
+        self._inputs[IN_ESTOP] = True
+        self._inputs[IN_DOOR] = True
+        self._inputs[IN_RTO] = True
+        self._latched = frozenset(INPUTS.index(n) for n in EDGE_LATCHED_INPUTS)
+        self._dropped: set[int] = set()
+        self._fb_signal: str | None = None     # chatter / unreadable: what the feedback read shows
+        self._fb_t0: int | None = None         # chatter: injection time
         self._reset_until_ms = -1
         self._estop = False
+        # Outputs: the configured safe state, what was last commanded, and the indices the relay
+        # board refuses to write (`write_fail`).
         self._safe = tuple(config.outputs[n].safe for n in OUTPUTS)
-        self._o = tuple(OUTPUTS.index(n) for n in
-                        ("crusher", "feed", "n2_purge", "n2_boost", "exhaust", "vent"))
         self._cmd = self._safe
+        self._write_fail: tuple[int, ...] = ()
         self._apply_outputs()
         self._t: int | None = None
 
@@ -189,8 +236,8 @@ class SimulatedCell:
         self._lag = lag
         self._t = now_ms
         inputs = self._inputs
-        inputs[self._i_fb] = model.contactor
-        inputs[self._i_reset] = now_ms < self._reset_until_ms
+        inputs[IN_CRUSHER] = model.contactor
+        inputs[IN_RESET] = now_ms < self._reset_until_ms
 
     # -- CellIO ----------------------------------------------------------------------------------
 
@@ -232,19 +279,46 @@ class SimulatedCell:
 
     def read_inputs(self, now_ms: int) -> list[bool | None]:
         self._advance(now_ms)
-        return self._inputs[:]
+        out = self._inputs[:]
+        dropped = self._dropped
+        if dropped:
+            # E-stop or door opened since the last read, even if closed again: report it once.
+            for i in dropped:
+                out[i] = False
+            dropped.clear()
+        signal = self._fb_signal
+        if signal is not None:
+            if signal == "unreadable":
+                out[IN_CRUSHER] = None
+            else:   # chatter
+                if self._fb_t0 is None:
+                    self._fb_t0 = self._t
+                out[IN_CRUSHER] = ((self._t - self._fb_t0) // CHATTER_HALF_PERIOD_MS) % 2 == 0
+        return out
 
     def write_outputs(self, values: Sequence[bool]) -> bool:
         if len(values) != len(OUTPUTS):
             raise ValueError(f"write_outputs needs {len(OUTPUTS)} values ({', '.join(OUTPUTS)}), "
                              f"got {len(values)}")
-        self._cmd = tuple(values)
-        self._apply_outputs()
-        return True
+        return self._command(tuple(values))
 
     def force_safe(self) -> None:
-        self._cmd = self._safe
+        self._command(self._safe)
+
+    def _command(self, values: tuple) -> bool:
+        """Latch `values` as the command; False when the relay board refused some of them."""
+        failing = self._write_fail
+        if failing:
+            # `write_fail`: those outputs keep their previous command; the others are written.
+            cmd = list(values)
+            for i in failing:
+                cmd[i] = self._cmd[i]
+            self._cmd = tuple(cmd)
+            self._apply_outputs()
+            return False
+        self._cmd = values
         self._apply_outputs()
+        return True
 
     def heartbeat(self) -> None:
         self.heartbeats += 1
@@ -256,19 +330,31 @@ class SimulatedCell:
     def _apply_outputs(self) -> None:
         # The E-stop chain is in series with our relays: pressed, every output is de-energised.
         v = self._safe if self._estop else self._cmd
-        crusher, feed, purge, boost, exhaust, vent = self._o
         m = self.model
-        m.crusher_cmd = bool(v[crusher])
-        m.feed_on = bool(v[feed])
-        m.purge_open = bool(v[purge])
-        m.boost_open = bool(v[boost])
-        m.exhaust_open = bool(v[exhaust])
-        m.vent_open = bool(v[vent])
+        m.crusher_cmd = bool(v[OUT_CRUSHER])
+        m.feed_on = bool(v[OUT_FEED])
+        m.purge_open = bool(v[OUT_PURGE])
+        m.boost_open = bool(v[OUT_BOOST])
+        m.exhaust_open = bool(v[OUT_EXHAUST])
+        m.vent_open = bool(v[OUT_VENT])
+
+    def _update_chain(self) -> None:
+        """The hard-wired chain cuts the contactor coil while the E-stop is pressed or `drop` holds."""
+        m = self.model
+        m.open_chain(self._estop or self.input_faults.get("crusher_running") == "drop")
+        self._inputs[IN_CRUSHER] = m.contactor
+
+    def _set_input(self, i: int, value: bool) -> None:
+        """Set input `i`; for an edge-latched one a True-to-False change is kept for the next read."""
+        if not value and self._inputs[i] and i in self._latched:
+            self._dropped.add(i)
+        self._inputs[i] = value
 
     # -- faults, events, forcing ------------------------------------------------------------------
 
     def inject_fault(self, name: str, mode: str) -> None:
-        """Make sensor or output `name` fail in `mode` (see SENSOR_FAULT_MODES, OUTPUT_FAULT_MODES)."""
+        """Make sensor, input or output `name` fail in `mode` (SENSOR_FAULT_MODES, INPUT_FAULT_MODES
+        for INPUT_FAULT_TARGETS, OUTPUT_FAULT_MODES); see the module docstring for each mode."""
         if name in SENSORS:
             if mode not in SENSOR_FAULT_MODES:
                 raise ValueError(f"unknown fault mode {mode!r} for sensor {name!r}; "
@@ -289,8 +375,23 @@ class SimulatedCell:
             else:
                 self.output_faults[name] = mode
             self.model.welded = self.output_faults.get("crusher") == "welded"
+            self._write_fail = tuple(OUTPUTS.index(n) for n, f in self.output_faults.items()
+                                     if f == "write_fail")
+            self._update_chain()    # welded contacts stay closed even with the chain open
+        elif name in INPUT_FAULT_TARGETS:
+            if mode not in INPUT_FAULT_MODES:
+                raise ValueError(f"unknown fault mode {mode!r} for input {name!r}; "
+                                 f"expected one of: {', '.join(INPUT_FAULT_MODES)}")
+            if mode == "clear":
+                self.input_faults.pop(name, None)
+            else:
+                self.input_faults[name] = mode
+            self._fb_signal = mode if mode in ("chatter", "unreadable") else None
+            self._fb_t0 = self._t           # None before the first read: set by that read
+            self._update_chain()
         else:
-            raise ValueError(f"unknown fault target {name!r}; expected a sensor ({', '.join(SENSORS)}) "
+            raise ValueError(f"unknown fault target {name!r}; expected a sensor ({', '.join(SENSORS)}), "
+                             f"an input ({', '.join(INPUT_FAULT_TARGETS)}) "
                              f"or an output ({', '.join(OUTPUTS)})")
 
     def event(self, name: str) -> None:
@@ -308,21 +409,22 @@ class SimulatedCell:
         elif name == "n2_supply_restore":
             m.n2_target_bar = N2_NOMINAL_BAR
         elif name == "rto_trip":
-            inputs[self._i_rto] = False
+            self._set_input(IN_RTO, False)
         elif name == "rto_restore":
-            inputs[self._i_rto] = True
+            self._set_input(IN_RTO, True)
         elif name in ("estop", "estop_release"):
             self._estop = name == "estop"
-            inputs[self._i_estop] = not self._estop
+            self._set_input(IN_ESTOP, not self._estop)
             self._apply_outputs()
+            self._update_chain()     # the coil drops out at once; pulls in again only if commanded
         elif name in ("door_open", "door_close"):
             m.door_open = name == "door_open"
-            inputs[self._i_door] = not m.door_open
+            self._set_input(IN_DOOR, not m.door_open)
         elif name in ("remote_enable_on", "remote_enable_off"):
-            inputs[self._i_remote] = name == "remote_enable_on"
+            self._set_input(IN_REMOTE, name == "remote_enable_on")
         elif name == "local_reset":
             self._reset_until_ms = (self._t or 0) + RESET_PRESS_MS
-            inputs[self._i_reset] = True
+            inputs[IN_RESET] = True
         else:
             raise ValueError(f"unknown event {name!r}; expected one of: {', '.join(EVENTS)}")
 
@@ -354,5 +456,6 @@ class SimulatedCell:
             "estop": self._estop, "door_open": m.door_open,
             "sensor_faults": {n: f for n, f in zip(SENSORS, self._fault, strict=True) if f is not None},
             "output_faults": dict(self.output_faults),
+            "input_faults": dict(self.input_faults),
             "forced": {n: f for n, f in zip(SENSORS, self._forced, strict=True) if f is not None},
         }

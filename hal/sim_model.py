@@ -88,6 +88,8 @@ HF_ROOM_TAU_S = 120.0            # room ventilation
 
 # -- Contactor -----------------------------------------------------------------------------------
 CONTACTOR_DELAY_S = 0.3          # crusher contactor feedback follows the command this late
+# When the hard-wired chain opens (E-stop, `drop` fault) the coil loses its supply and the contactor
+# drops out in tens of ms, well inside one scan: the model opens it at once (`open_chain`).
 
 _sqrt = math.sqrt
 _exp = math.exp
@@ -105,6 +107,7 @@ class CellModel:
         self.exhaust_open = False
         self.vent_open = True
         self.welded = False            # crusher contactor welded closed
+        self.chain_open = False        # the hard-wired chain has cut the contactor coil
         # Disturbances, set by events.
         self.n2_target_bar = N2_NOMINAL_BAR
         self.leak_m3_min = AIR_LEAK_M3_MIN
@@ -133,6 +136,17 @@ class CellModel:
         self.quantities = ()
         self.step(0.0)
 
+    def open_chain(self, is_open: bool) -> None:
+        """The hard-wired chain cuts (True) or restores (False) the contactor coil supply.
+
+        Cut, the contactor drops out at once (welded contacts excepted: they cannot open); restored,
+        it pulls in again after CONTACTOR_DELAY_S only if the command still asks for it.
+        """
+        self.chain_open = is_open
+        if is_open and not self.welded:
+            self.contactor = False
+            self._contactor_timer = 0.0
+
     def start_runaway(self) -> None:
         if self.runaway_s < 0.0:
             self.runaway_s = 0.0
@@ -147,8 +161,9 @@ class CellModel:
               + (N2_BOOST_M3_MIN if self.boost_open else 0.0)) * p / N2_NOMINAL_BAR
         self.n2_m3_min = n2
 
-        # Contactor: the feedback follows the command after CONTACTOR_DELAY_S; welded stays closed.
-        want = self.crusher_cmd or self.welded
+        # Contactor: the feedback follows the command after CONTACTOR_DELAY_S; an open hard-wired
+        # chain keeps it open whatever the command; welded stays closed.
+        want = (self.crusher_cmd and not self.chain_open) or self.welded
         if want != self.contactor:
             self._contactor_timer += h
             if self._contactor_timer >= CONTACTOR_DELAY_S - 1e-9:

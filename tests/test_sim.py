@@ -13,10 +13,13 @@ from pathlib import Path
 import pytest
 
 from controller.config import load
-from controller.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS
+from controller.names import EDGE_LATCHED_INPUTS, INPUTS, O2_SENSORS, OUTPUTS, SENSORS
 from hal.sim import (
+    CHATTER_HALF_PERIOD_MS,
     CONTACTOR_DELAY_MS,
     EVENTS,
+    INPUT_FAULT_MODES,
+    INPUT_FAULT_TARGETS,
     OUTPUT_FAULT_MODES,
     SENSOR_FAULT_MODES,
     SimulatedCell,
@@ -406,7 +409,7 @@ def test_force_safe_close_heartbeat_and_write_result(config):
     for _ in range(3):
         rig.sim.heartbeat()
     assert rig.sim.heartbeats == 3
-    with pytest.raises(ValueError, match="7 values"):
+    with pytest.raises(ValueError, match=r"needs 8 values \(crusher, feed, .*, alarm, horn\), got 1"):
         rig.sim.write_outputs([True])
 
 
@@ -500,6 +503,11 @@ def test_unknown_names_and_modes_raise_clear_value_errors(config):
         sim.inject_fault("o2_a", "melted")
     with pytest.raises(ValueError, match=r"unknown fault mode 'stuck' for output 'crusher'.*welded"):
         sim.inject_fault("crusher", "stuck")
+    with pytest.raises(ValueError, match=r"unknown fault mode 'welded' for input 'crusher_running'.*"
+                                         r"chatter, drop, unreadable, clear"):
+        sim.inject_fault("crusher_running", "welded")
+    with pytest.raises(ValueError, match=r"unknown fault target 'estop_ok'.*an input \(crusher_running\)"):
+        sim.inject_fault("estop_ok", "drop")
     with pytest.raises(ValueError, match=r"unknown event 'meteor'.*thermal_runaway"):
         sim.event("meteor")
     with pytest.raises(ValueError, match=r"unknown sensor 'o3'.*o2_a"):
@@ -509,7 +517,237 @@ def test_unknown_names_and_modes_raise_clear_value_errors(config):
 def test_allowed_sets_are_exported(config):
     assert set(SENSOR_FAULT_MODES) == {"disconnect", "stuck", "nan", "out_of_range", "drift", "stale",
                                        "clear"}
-    assert set(OUTPUT_FAULT_MODES) == {"welded", "clear"}
+    assert set(OUTPUT_FAULT_MODES) == {"welded", "write_fail", "clear"}
+    assert INPUT_FAULT_TARGETS == ("crusher_running",)
+    assert set(INPUT_FAULT_MODES) == {"chatter", "drop", "unreadable", "clear"}
     sim = SimulatedCell(config)
     for name in EVENTS:
         sim.event(name)                      # every advertised event is accepted
+
+
+# -- edge-latched inputs: pulses shorter than a scan -------------------------------------------------
+# Events land at the time of the last read, so `estop` + `estop_release` between two reads is a pulse
+# shorter than a scan (a 40 ms press). The next read must still show it; the one after it is live.
+
+def fb(rig) -> bool | None:
+    return rig.inputs[I["crusher_running"]]
+
+
+def test_estop_pulse_between_reads_is_seen_once(config):
+    rig = inert_rig(config)
+    rig.hold(5, RUNNING)
+    assert rig.inputs[I["estop_ok"]] is True and fb(rig) is True
+    rig.sim.event("estop")
+    rig.sim.event("estop_release")
+    rig.scan()
+    assert rig.inputs[I["estop_ok"]] is False          # the pulse, seen once
+    rig.scan()
+    assert rig.inputs[I["estop_ok"]] is True           # next-but-one read: the live value
+
+
+def test_door_pulse_between_reads_is_seen_once(config):
+    rig = inert_rig(config)
+    rig.sim.event("door_open")
+    rig.sim.event("door_close")
+    seen = [rig.scan() and rig.inputs[I["door_closed"]] for _ in range(3)]
+    assert seen == [False, True, True]
+
+
+@pytest.mark.parametrize("on, off, name", [("estop", "estop_release", "estop_ok"),
+                                           ("door_open", "door_close", "door_closed")])
+def test_a_pulse_longer_than_a_scan_reads_false_for_its_duration(config, on, off, name):
+    rig = Rig(config)
+    rig.scan()
+    rig.sim.event(on)
+    seen = [rig.scan() and rig.inputs[I[name]] for _ in range(5)]   # held 500 ms
+    rig.sim.event(off)
+    seen += [rig.scan() and rig.inputs[I[name]] for _ in range(2)]
+    assert seen == [False] * 5 + [True, True]          # no extra False after the release
+
+
+def test_two_pulses_between_reads_read_false_once_and_only_latched_inputs_latch(config):
+    assert set(EDGE_LATCHED_INPUTS) == {"estop_ok", "door_closed"}
+    rig = Rig(config)
+    rig.scan()
+    for _ in range(2):
+        rig.sim.event("door_open")
+        rig.sim.event("door_close")
+    rig.sim.event("rto_trip")                          # not edge-latched: the live value only
+    rig.sim.event("rto_restore")
+    rig.scan()
+    assert rig.inputs[I["door_closed"]] is False and rig.inputs[I["rto_ready"]] is True
+    rig.scan()
+    assert rig.inputs[I["door_closed"]] is True
+    # A close while already open is no drop: it reads True at once.
+    rig.sim.event("door_open")
+    rig.scan()
+    rig.sim.event("door_close")
+    rig.scan()
+    assert rig.inputs[I["door_closed"]] is True
+
+
+def test_estop_pulse_drops_the_contactor_at_once_and_only_the_command_recloses_it(config):
+    """The hard-wired chain cuts the contactor coil: it drops out within tens of ms, so even a
+    40 ms pulse opens it. With the crusher still commanded it pulls in again after the contactor
+    delay: at 100 ms scans the controller reads 'feedback dropped while RUNNING' twice."""
+    rig = inert_rig(config)
+    rig.hold(5, RUNNING)
+    assert fb(rig) is True
+    rig.sim.event("estop")
+    assert rig.sim.snapshot()["contactor"] is False    # at once, no contactor delay
+    rig.sim.event("estop_release")
+    seen = [rig.scan() and fb(rig) for _ in range(CONTACTOR_DELAY_MS // 100)]
+    assert seen == [False, False, True]                # re-closes 300 ms later: the command is on
+    # A controller that answers the drop (trips) keeps it open: the crusher stays stopped.
+    rig.sim.event("estop")
+    rig.sim.event("estop_release")
+    rig.scan(READY)
+    seen = [rig.scan() and fb(rig) for _ in range(10)]
+    assert seen == [False] * 10 and rig.sim.snapshot()["contactor"] is False
+
+
+def test_estop_cannot_open_a_welded_contactor(config):
+    rig = inert_rig(config)
+    rig.hold(2, RUNNING)
+    rig.sim.inject_fault("crusher", "welded")
+    rig.sim.event("estop")
+    rig.hold(2)
+    assert fb(rig) is True and rig.sim.snapshot()["contactor"] is True
+    rig.sim.inject_fault("crusher", "clear")           # unwelded with the chain still open: drops now
+    assert rig.sim.snapshot()["contactor"] is False
+
+
+# -- contactor feedback faults ----------------------------------------------------------------------
+
+def test_fault_chatter_toggles_the_feedback_at_5_hz_whatever_the_contactor_does(config):
+    assert CHATTER_HALF_PERIOD_MS == 100               # 5 Hz: 100 ms closed, 100 ms open
+    rig = inert_rig(config)
+    rig.hold(2, RUNNING)
+    t0 = rig.t
+    rig.sim.inject_fault("crusher_running", "chatter")
+    seen = []
+    for _ in range(100):                               # 2 s read every 20 ms
+        rig.t += 20
+        rig.sim.read_sensors(rig.t)
+        seen.append((rig.t - t0, rig.sim.read_inputs(rig.t)[I["crusher_running"]]))
+    assert all(v is ((t // 100) % 2 == 0) for t, v in seen), seen[:12]
+    changes = sum(a[1] != b[1] for a, b in zip(seen, seen[1:], strict=False))
+    assert changes == 20                               # 10 changes a second: a 5 Hz square wave
+    assert rig.sim.snapshot()["contactor"] is True     # the crusher itself still turns
+    # Commanded off, the feedback chatters all the same; at 100 ms scans it alternates.
+    rig.scan(READY)
+    rig.hold(1)
+    pattern = [rig.scan() and fb(rig) for _ in range(6)]
+    assert pattern in ([True, False] * 3, [False, True] * 3)
+    assert rig.sim.snapshot()["contactor"] is False
+    rig.sim.inject_fault("crusher_running", "clear")
+    assert [rig.scan() and fb(rig) for _ in range(3)] == [False] * 3
+
+
+def test_fault_drop_opens_the_contactor_and_stops_the_crusher_whatever_the_command(config):
+    a, b = inert_rig(config, seed=4), inert_rig(config, seed=4)
+    a.hold(120, RUNNING)
+    b.hold(120, RUNNING)
+    a.sim.inject_fault("crusher_running", "drop")
+    assert a.sim.snapshot()["contactor"] is False      # at once, as the hard-wired chain does
+    empty_running = outputs("crusher", "n2_purge", "exhaust")   # feed off: a turning crusher empties
+    for _ in range(300):                               # 30 s, the command re-written every scan
+        a.scan(empty_running)
+        b.scan(empty_running)
+        assert fb(a) is False and a.inputs[I["estop_ok"]] is True
+    sa, sb = a.sim.snapshot(), b.sim.snapshot()
+    assert sa["contactor"] is False and sb["contactor"] is True
+    assert sb["load"] < 0.1 < sa["load"]               # the stopped crusher did not empty itself
+    assert sa["lel_cell"] < sb["lel_cell"]             # nor crush: less solvent vapour
+    a.sim.inject_fault("crusher_running", "clear")     # the chain closes: pulls in if commanded
+    assert [a.scan() and fb(a) for _ in range(3)] == [False, False, True]
+
+
+def test_fault_drop_stops_crushing_gas_production(config):
+    rig = inert_rig(config)
+    rig.hold(600, RUNNING)
+    lel = rig.sim.snapshot()["lel_cell"]
+    assert lel > 6
+    rig.sim.inject_fault("crusher_running", "drop")
+    rig.hold(600, RUNNING)
+    assert rig.sim.snapshot()["lel_cell"] < 2 and fb(rig) is False
+
+
+def test_fault_unreadable_gives_none_and_the_contactor_still_works(config):
+    rig = inert_rig(config)
+    rig.sim.inject_fault("crusher_running", "unreadable")
+    for out, contactor in ((RUNNING, True), (READY, False)):
+        rig.hold(1, out)
+        assert fb(rig) is None
+        assert rig.sim.snapshot()["contactor"] is contactor
+        assert rig.inputs[I["estop_ok"]] is True and rig.inputs[I["door_closed"]] is True
+    rig.sim.inject_fault("crusher_running", "clear")
+    rig.scan()
+    assert fb(rig) is False
+
+
+def test_fault_write_fail_refuses_the_write_and_keeps_the_output(config):
+    rig = inert_rig(config)
+    rig.hold(5, RUNNING)
+    rig.sim.inject_fault("crusher", "write_fail")
+    assert rig.sim.write_outputs(PURGING) is False     # the relay board did not take it
+    rig.hold(5)
+    snap = rig.sim.snapshot()
+    assert snap["contactor"] is True and fb(rig) is True   # the crusher kept running
+    assert snap["n2_flow_m3_min"] > 2.0                # the other outputs were written (boost open)
+    rig.sim.force_safe()                               # the board takes no write, safe or not
+    rig.hold(1)
+    assert fb(rig) is True
+    rig.sim.inject_fault("crusher", "clear")
+    assert rig.sim.write_outputs(PURGING) is True
+    rig.hold(1)
+    assert fb(rig) is False and rig.sim.output_faults == {}
+
+
+@pytest.mark.parametrize("name", OUTPUTS)
+def test_fault_write_fail_on_any_output_fails_every_write_until_cleared(config, name):
+    sim = SimulatedCell(config)
+    sim.inject_fault(name, "write_fail")
+    assert sim.write_outputs(PURGING) is False
+    assert sim.write_outputs(PURGING) is False
+    sim.inject_fault(name, "clear")
+    assert sim.write_outputs(PURGING) is True
+
+
+def test_input_faults_are_in_the_snapshot(config):
+    sim = SimulatedCell(config)
+    sim.inject_fault("crusher_running", "chatter")
+    assert sim.snapshot()["input_faults"] == {"crusher_running": "chatter"}
+    sim.inject_fault("crusher_running", "clear")
+    assert sim.snapshot()["input_faults"] == {}
+
+
+# -- the scenario format uses this vocabulary ---------------------------------------------------------
+
+def scenario_errors(body):
+    from controller import scenario
+
+    data = __import__("tomllib").loads('name = "x"\nduration_s = 100\n' + body)
+    try:
+        return scenario.parse(data, "s.toml")
+    except scenario.ScenarioError as exc:
+        return exc.errors
+
+
+def test_scenarios_accept_every_input_and_output_fault_mode():
+    body = "".join(f'[[at]]\nt = {k}\nfault = "crusher_running"\nmode = "{m}"\n'
+                   for k, m in enumerate(INPUT_FAULT_MODES))
+    body += '[[at]]\nt = 10\nfault = "horn"\nmode = "write_fail"\n'
+    sc = scenario_errors(body)
+    assert [(s.name, s.arg) for s in sc.steps] == \
+        [("crusher_running", m) for m in INPUT_FAULT_MODES] + [("horn", "write_fail")]
+
+
+def test_scenario_unknown_input_fault_mode_or_target_is_a_clear_error():
+    errs = scenario_errors('[[at]]\nt = 1\nfault = "crusher_running"\nmode = "welded"\n')
+    assert errs == ['s.toml: [[at]] #1 (t = 1) mode = "welded" must be one of "chatter", "drop", '
+                    '"unreadable", "clear"']
+    errs = scenario_errors('[[at]]\nt = 1\nfault = "estop_ok"\nmode = "drop"\n')
+    assert len(errs) == 1, errs
+    assert errs[0].startswith('s.toml: [[at]] #1 (t = 1) fault = "estop_ok" must be one of "o2_a"')
+    assert '"crusher_running"' in errs[0]

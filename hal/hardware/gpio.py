@@ -13,6 +13,15 @@ Why pin level and our own factory instance:
 
 De-energise to trip is structural: a relay coil is energised only to move an output away from its
 configured safe state: energised = (logical != safe); pin_high = (energised != active_low).
+
+Edge latch (EDGE_LATCHED_INPUTS: estop_ok, door_closed): a 40 ms E-stop or door pulse can fall
+between two scans. Their pins get an edge callback (`Pin.edges` / `Pin.when_changed`, which lgpio
+and RPi.GPIO implement with kernel edge alerts) on the one level change that takes the logical
+value to False ("falling" on an active-high input, "rising" on an active-low one). The callback,
+on the library's thread, only counts; `read_inputs` returns False for an input whose count moved
+since the previous read, even if the contact is closed again, and the live value after that. No
+debounce (`Pin.bounce` stays None): lgpio's debounce discards pulses shorter than its period, and
+a bouncing contact only counts the same drop more than once.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from controller.names import INPUTS, OUTPUTS
+from controller.names import EDGE_LATCHED_INPUTS, INPUTS, OUTPUTS
 
 # Pin factories by name (GPIOZERO_PIN_FACTORY uses the same names), in the order we try them:
 # lgpio works on every Pi incl. the Pi 5; RPi.GPIO on older boards and OS images.
@@ -74,13 +83,20 @@ class Gpio:
         self.factory = factory
         self.inputs = []      # (name, pin, active_low) in INPUTS order
         self.outputs = []     # (name, pin, active_low, safe) in OUTPUTS order
+        # Edge latch: drops counted by the pin callbacks, and the count each read has reported.
+        self.drops = [0] * len(INPUTS)
+        self._seen = [0] * len(INPUTS)
+        self._latched = tuple(INPUTS.index(n) for n in EDGE_LATCHED_INPUTS)
+        self._callbacks: list[Any] = []   # gpiozero keeps only weak references to them
         try:
-            for name in INPUTS:
+            for k, name in enumerate(INPUTS):
                 c = config.inputs[name]
                 pin = self._pin(c.pin, f"inputs.{name}")
                 # Pull towards "inactive": an open wire reads as the contact being open.
                 pin.input_with_pull("up" if c.active_low else "down")
                 self.inputs.append((name, pin, c.active_low))
+                if k in self._latched:
+                    self._watch_drops(k, pin, c, f"inputs.{name}")
             for name in OUTPUTS:
                 c = config.outputs[name]
                 pin = self._pin(c.pin, f"outputs.{name}")
@@ -94,6 +110,22 @@ class Gpio:
             raise
         self.heartbeat_level = False
 
+    def _watch_drops(self, k: int, pin: Any, c: Any, where: str) -> None:
+        """Count every level change of `pin` that takes input `k`'s logical value to False."""
+        drops = self.drops
+
+        def dropped(_ticks: Any, _state: Any) -> None:
+            drops[k] += 1     # the library's thread: count only; the scan reads the count
+
+        try:
+            pin.edges = "rising" if c.active_low else "falling"
+            pin.when_changed = dropped
+        except Exception as exc:
+            # Without edge detection a pulse shorter than a scan would leave no trace: refuse.
+            raise PinConfigError(f"[{where}] pin = {c.pin}: edge detection unavailable ({exc}); "
+                                 "an E-stop or door pulse shorter than a scan would go unseen") from None
+        self._callbacks.append(dropped)
+
     def _pin(self, number: int, where: str) -> Any:
         try:
             return self.factory.pin(number)
@@ -101,12 +133,24 @@ class Gpio:
             raise PinConfigError(f"[{where}] pin = {number}: {exc}") from None
 
     def read_inputs(self) -> list[bool | None]:
+        """Every input (None where the read failed); a latched input that dropped since the last
+        read is False once, whatever its live value."""
+        dropped = []
+        for k in self._latched:
+            # Take the count before the live level: a drop arriving in between is kept for the
+            # next read, never lost.
+            n = self.drops[k]
+            if n != self._seen[k]:
+                self._seen[k] = n
+                dropped.append(k)
         values: list[bool | None] = []
         for _name, pin, active_low in self.inputs:
             try:
                 values.append(bool(pin.state) != active_low)
             except Exception:
                 values.append(None)   # the core applies INPUT_FAILSAFE
+        for k in dropped:
+            values[k] = False         # E-stop or door opened since the last read: seen once
         return values
 
     def write(self, logical: Sequence[bool]) -> bool:
@@ -155,6 +199,7 @@ class Gpio:
         self.stop_heartbeat()
         for _name, pin, _active_low in self.inputs:
             try:
+                pin.when_changed = None
                 pin.close()
             except Exception:
                 pass

@@ -8,7 +8,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 from hwfakes import FakeCellWiring, make_config
 
-from controller.names import INPUTS, OUTPUTS
+from controller.names import EDGE_LATCHED_INPUTS, INPUTS, OUTPUTS
 from hal.hardware import HardwareCell
 from hal.hardware.gpio import pin_level
 
@@ -168,3 +168,141 @@ def test_planted_bug_naive_polarity_is_caught(monkeypatch):
     wrong = {n for n, lv in levels(factory, config).items() if lv != safe_levels(config)[n]}
     assert wrong == {n for n in OUTPUTS if config.outputs[n].safe}       # n2_purge, n2_boost, vent
     cell.close()
+
+
+# -- edge latch: an E-stop or door pulse shorter than a scan ---------------------------------------
+
+def drive(factory, config, name, logical):
+    """Drive input `name`'s pin to the level that reads as `logical`."""
+    pin = factory.pin(config.inputs[name].pin)
+    if logical != config.inputs[name].active_low:
+        pin.drive_high()
+    else:
+        pin.drive_low()
+
+
+def read(cell):
+    return dict(zip(INPUTS, cell.read_inputs(0), strict=True))
+
+
+def polarity_cell(active_low):
+    def mutate(d):
+        for name in INPUTS:
+            d["inputs"][name]["active_low"] = active_low
+    config = make_config(mutate)
+    factory = MockFactory()
+    wiring = FakeCellWiring()
+    return HardwareCell(config, i2c=wiring.i2c, smbus=wiring.smbus, pin_factory=factory), factory, config
+
+
+@pytest.mark.parametrize("active_low", [False, True])
+@pytest.mark.parametrize("name", EDGE_LATCHED_INPUTS)
+def test_pulse_between_two_reads_reads_false_once(name, active_low):
+    cell, factory, config = polarity_cell(active_low)
+    drive(factory, config, name, True)
+    assert read(cell)[name] is True
+    drive(factory, config, name, False)          # a 40 ms pulse: open, closed again before the read
+    drive(factory, config, name, True)
+    assert read(cell)[name] is False             # seen once, though the contact is closed now
+    assert read(cell)[name] is True              # then the live value
+    assert read(cell)[name] is True
+    cell.close()
+
+
+@pytest.mark.parametrize("name", EDGE_LATCHED_INPUTS)
+def test_a_drop_held_across_reads_reads_false_until_released(cell, factory, config, name):
+    drive(factory, config, name, True)
+    assert read(cell)[name] is True
+    drive(factory, config, name, False)
+    assert [read(cell)[name] for _ in range(3)] == [False, False, False]
+    drive(factory, config, name, True)
+    assert read(cell)[name] is True              # the drop was already reported: no extra False
+
+
+def test_only_the_edge_latched_inputs_are_latched(cell, factory, config):
+    assert set(EDGE_LATCHED_INPUTS) == {"estop_ok", "door_closed"}
+    drive(factory, config, "rto_ready", True)
+    read(cell)
+    drive(factory, config, "rto_ready", False)
+    drive(factory, config, "rto_ready", True)
+    assert read(cell)["rto_ready"] is True       # not latched: the live value
+    # A rising edge of a latched input is no drop either.
+    drive(factory, config, "estop_ok", False)
+    read(cell)
+    drive(factory, config, "estop_ok", True)
+    drive(factory, config, "estop_ok", False)
+    drive(factory, config, "estop_ok", True)
+    assert read(cell)["estop_ok"] is False       # the drop inside the pulse counts
+    assert read(cell)["estop_ok"] is True
+
+
+def test_a_pulse_during_a_read_is_reported_by_the_next_read(cell, factory, config, monkeypatch):
+    pin = factory.pin(config.inputs["estop_ok"].pin)
+    drive(factory, config, "estop_ok", True)
+    read(cell)
+    real = pin._get_state
+    pulses = [1]
+
+    def state_with_a_pulse():
+        if pulses:                               # the alert thread fires while we read the level
+            pulses.pop()
+            pin.drive_low()
+            pin.drive_high()
+        return real()
+    monkeypatch.setattr(pin, "_get_state", state_with_a_pulse)
+    first = read(cell)["estop_ok"]
+    assert [first, read(cell)["estop_ok"]] in ([False, True], [True, False])   # seen, never lost
+    assert read(cell)["estop_ok"] is True
+
+
+def test_a_latched_drop_wins_over_a_failed_read(cell, factory, config, monkeypatch):
+    drive(factory, config, "door_closed", True)
+    read(cell)
+    drive(factory, config, "door_closed", False)
+    drive(factory, config, "door_closed", True)
+
+    def boom():
+        raise OSError(5, "read failed")
+    monkeypatch.setattr(factory.pin(config.inputs["door_closed"].pin), "_get_state", boom)
+    assert read(cell)["door_closed"] is False    # the known drop
+    assert read(cell)["door_closed"] is None     # then the failed read
+
+
+def test_edge_callbacks_watch_the_dropping_level_and_are_released_on_close(config, factory):
+    wiring = FakeCellWiring()
+    cell = HardwareCell(config, i2c=wiring.i2c, smbus=wiring.smbus, pin_factory=factory)
+    for name in INPUTS:
+        pin = factory.pin(config.inputs[name].pin)
+        watched = name in EDGE_LATCHED_INPUTS
+        assert (pin.when_changed is not None) is watched, name
+        if watched:
+            assert pin.edges == ("rising" if config.inputs[name].active_low else "falling")
+            assert pin.bounce is None            # a debounce would swallow short pulses
+    cell.close()
+    assert all(factory.pin(config.inputs[n].pin).when_changed is None for n in INPUTS)
+
+
+def test_no_edge_detection_is_a_pin_config_error(config, factory, monkeypatch):
+    from gpiozero.exc import PinEdgeDetectUnsupported
+
+    from hal.hardware.gpio import PinConfigError
+
+    pin = factory.pin(config.inputs["door_closed"].pin)
+
+    def unsupported(value):
+        raise PinEdgeDetectUnsupported("no edge detection on this pin")
+    monkeypatch.setattr(pin, "_set_edges", unsupported)
+    wiring = FakeCellWiring()
+    with pytest.raises(PinConfigError, match=r"\[inputs.door_closed\] pin = 6: edge detection unavailable"):
+        HardwareCell(config, i2c=wiring.i2c, smbus=wiring.smbus, pin_factory=factory)
+
+
+def test_planted_bug_without_the_latch_a_short_pulse_leaves_no_trace(cell, factory, config, monkeypatch):
+    """Proof the pulse tests can fail: with the reads ignoring the counted drops (the plain level
+    read of before), a pulse between reads reads True."""
+    monkeypatch.setattr(cell.gpio, "_latched", ())
+    drive(factory, config, "estop_ok", True)
+    read(cell)
+    drive(factory, config, "estop_ok", False)
+    drive(factory, config, "estop_ok", True)
+    assert read(cell)["estop_ok"] is True
