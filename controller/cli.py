@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("path", nargs="?", default=DEFAULT_CONFIG, metavar="PATH")
     chk.set_defaults(func=cmd_check_config)
 
-    ce = sub.add_parser("cause-effect", help="print the cause-and-effect matrix (config and core tables)")
+    ce = sub.add_parser("cause-effect", help="print the cause-and-effect matrix (measured by driving the safety core)")
     ce.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help="plant configuration")
     ce.add_argument("--format", choices=("md", "csv", "html"), default="md",
                     help="output format (default: md)")

@@ -22,6 +22,41 @@ def run(name: str) -> list[dict]:
     return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
+def run_with_truth(name: str) -> tuple[list[dict], list[tuple[float, str, dict, list[bool]]]]:
+    """The event log and, every scan, (t, state, the cell's true quantities, the outputs).
+
+    Why: hazards are judged on what the cell really does (true O2, pressure, HF in the room), not
+    on what the controller believed; the simulated cell tells the truth.
+    """
+    from controller.loop import ScanLoop
+    from hal.sim import SimulatedCell
+
+    sc = scenario.load(SCENARIOS / name)
+    cell = SimulatedCell(CONFIG, seed=sc.seed)
+    loop = ScanLoop(CONFIG, cell)
+    player = scenario.Player(sc, loop)
+    log: list[dict] = loop.initial_events()
+    truth: list[tuple[float, str, dict, list[bool]]] = []
+
+    def after() -> None:
+        log.extend(loop.drain_events())
+        truth.append((loop.core.now / 1000.0, loop.core.state_name, cell.snapshot(), list(loop.core.outputs)))
+
+    loop.run_simulated(int(sc.duration_s * 1000), before_scan=player, after_scan=after)
+    log.append(scenario.end_record(loop))
+    return log, truth
+
+
+def outputs_at(log: list[dict], t: float) -> dict:
+    """The outputs in force at time t (the last outputs event at or before t)."""
+    current = None
+    for e in log:
+        if e["type"] == "outputs" and e["t"] <= t:
+            current = e["outputs"]
+    assert current is not None
+    return current
+
+
 def states(log):
     return [(e["from"], e["to"], e["cause"]) for e in log if e["type"] == "state"]
 
@@ -63,8 +98,18 @@ def test_thermal_runaway_trips_on_the_rise_first():
     end = log[-1]
     assert end["state"] == "TRIPPED"
     assert {"temp_rise", "temp_material_high", "co_high"} <= set(end["causes"])
+    # Trip effects of a thermal cause: dilute and inert, keep drawing to the RTO (below atmosphere).
     assert end["outputs"] == {"crusher": False, "feed": False, "n2_purge": True, "n2_boost": True,
-                              "exhaust": False, "vent": True, "alarm": True}
+                              "exhaust": True, "vent": False, "alarm": True, "horn": True}
+
+
+def test_thermal_runaway_keeps_the_cell_below_atmosphere_and_hf_out_of_the_room():
+    # H-EFFECTS: closing the exhaust on every trip left the cell at +35 Pa and let HF into the room.
+    _log, truth = run_with_truth("thermal_runaway.toml")
+    tripped = [q for _t, state, q, _o in truth if state == "TRIPPED"]
+    assert tripped
+    assert max(q["dp_cell"] for q in tripped) < 0.0
+    assert max(q["hf_room"] for q in tripped) < 0.5     # hf_room.warning: no HF reaches the room
 
 
 def test_air_ingress_stops_crushing_before_o2_trips():
@@ -108,6 +153,87 @@ def test_welded_contactor_trips_and_stays_tripped():
     assert log[-1]["state"] == "TRIPPED" and log[-1]["causes"] == ["output_feedback:crusher"]
     reset = [e for e in log if e["type"] == "command" and e["action"] == "reset"][0]
     assert not reset["accepted"]
+
+
+def test_two_o2_sensors_failing_low_do_not_hide_a_leak():
+    # H-O2-LOW: the median of three stays low; the live sensor's held deviation stops the crusher.
+    log, truth = run_with_truth("o2_two_sensors_low.toml")
+    check_log_shape(log)
+    stops = [c for _f, to, c in states(log) if to == "STOPPING"]
+    assert stops and stops[0] in ("controlled_stop:o2_deviation_held", "controlled_stop:o2_one_high")
+    crushing = [q["o2"] for _t, _s, q, out in truth if out[0]]
+    assert max(crushing) < 2.5          # the real O2 never reached the trip while the crusher turned
+    refused = [e for e in log if e["type"] == "command" and e["action"] == "start" and e["t"] == 700.0]
+    assert refused and not refused[0]["accepted"]   # and it cannot be restarted into the leak
+
+
+def test_common_cause_freeze_of_all_o2_sensors_trips():
+    # H-O2-FROZEN: no peer moves, yet the freeze itself is a fault.
+    log, truth = run_with_truth("o2_common_freeze.toml")
+    trips = [e for e in log if e["type"] == "trip"]
+    assert trips and trips[0]["causes"] == ["o2_vote_lost"]
+    frozen_s = CONFIG.raw["voting"]["o2"].get("frozen_s", 60.0)
+    assert 300.0 + frozen_s - 1.0 <= trips[0]["t"] <= 300.0 + frozen_s + 1.0
+    assert max(q["o2"] for _t, _s, q, out in truth if out[0]) < 2.5
+
+
+def test_door_open_trip_never_floods_the_cell_with_nitrogen():
+    # H-EFFECTS, door class: N2 closed while the door is open; defaults return when it closes.
+    log = run("door_open_running.toml")
+    check_log_shape(log)
+    assert [e["causes"] for e in log if e["type"] == "trip"] == [["door_open"]]
+    o = outputs_at(log, 300.0)
+    assert not o["crusher"] and not o["n2_purge"] and not o["n2_boost"] and o["exhaust"] and o["alarm"], o
+    o = outputs_at(log, 365.0)
+    assert o["n2_purge"] and o["n2_boost"] and o["exhaust"] and not o["vent"], o
+    assert ("TRIPPED", "PURGING", "command:reset") in states(log)
+
+
+def test_overpressure_trip_adds_no_nitrogen_and_vents():
+    # H-EFFECTS, overpressure class: the boost closes and the vent opens while it lasts.
+    log = run("overpressure.toml")
+    trips = [e for e in log if e["type"] == "trip"]
+    assert trips[0]["t"] == 300.0 and "dp_high" in trips[0]["causes"]
+    o = outputs_at(log, 300.0)
+    assert not o["n2_boost"] and o["vent"] and o["n2_purge"], o
+    o = outputs_at(log, 400.0)
+    assert o["n2_boost"] and not o["vent"], o      # relieved: the defaults return
+
+
+def test_a_cell_that_cannot_hold_inert_refuses_start_until_a_local_ack():
+    # H-INERT: READY and PURGING alternating forever raise inerting_failed and block start.
+    log = run("inerting_failed.toml")
+    check_log_shape(log)
+    alarms = [e for e in log if e["type"] == "alarm" and e["name"] == "inerting_failed"]
+    assert alarms and alarms[0]["active"] is True
+    losses_before = [c for _f, _to, c in states(log) if c == "permissive_lost"]
+    assert len(losses_before) >= 3
+    starts = [e for e in log if e["type"] == "command" and e["action"] == "start"]
+    assert [e["accepted"] for e in starts] == [False, False, True]
+    assert all(e["reason"].startswith("inerting_failed") for e in starts[:2])
+    assert starts[2]["t"] == 2000.0      # after the repair and the local ack
+    assert log[-1]["state"] == "RUNNING"
+
+
+def test_estop_pulse_shorter_than_a_scan_trips():
+    # H-PULSE: a 40 ms opening between two scans is latched by the HAL and trips at the next scan.
+    log, truth = run_with_truth("estop_pulse.toml")
+    check_log_shape(log)
+    trips = [e for e in log if e["type"] == "trip"]
+    assert trips and trips[0]["t"] == 300.1 and "estop" in trips[0]["causes"]
+    # The crusher did not come back when the chain reclosed.
+    assert not any(out[0] for t, _s, _q, out in truth if 300.1 <= t < 400.0)
+    assert ("TRIPPED", "PURGING", "command:reset") in states(log)
+
+
+def test_chattering_contactor_feedback_trips():
+    # H-FEEDBACK: chatter cannot keep restarting the discrepancy timer.
+    log = run("contactor_chatter.toml")
+    check_log_shape(log)
+    trips = [e for e in log if e["type"] == "trip"]
+    assert trips and trips[0]["causes"] == ["output_feedback:crusher"] and trips[0]["t"] <= 190.0
+    reset = [e for e in log if e["type"] == "command" and e["action"] == "reset"][0]
+    assert not reset["accepted"] and "output_feedback:crusher" in reset["reason"]
 
 
 def test_same_seed_same_log():

@@ -1,10 +1,11 @@
 """Soak: a simulated week of shifts with random plant events and faults, invariants at every scan.
 
 What we chose (a week at the default 100 ms scan is 6 M scans, about 5 minutes on CI): the week
-runs at `scan_period_s = 1.0`, the coarsest scan the configuration allows, so 604,800 scans. One
-other key changes with it: `dp_rise.window_s` goes from 1 s to 10 s, because a rise detector's
-ring needs at least one sample per slot (with 1 s scans a 1 s window would read ten scans of rise
-as one second's). Everything else is the default plant. The fine-grained timing is the business
+runs at `scan_period_s = 1.0`, the coarsest scan the configuration allows, so 604,800 scans. Two
+other keys change with it: `dp_rise.window_s` goes from 1 s to 10 s, because a rise window must
+span at least 10 scans (the safety envelope refuses less), and `dp_rise.trip` from 100 to 40 Pa/s,
+because 100 Pa/s held for 10 s is 1000 Pa, more than the sensor's span: such a rise could never
+fire (the envelope refuses that too). Everything else is the default plant. The fine-grained timing is the business
 of the rule tests and the fault matrix; the soak looks for what only time finds: a latch that
 leaks, a counter that wraps, a state the operator cannot get out of, an invariant broken once in
 half a million scans.
@@ -43,7 +44,8 @@ def soak_config():
     base = config.load(ROOT / "config" / "cell.toml")
     raw = dict(base.raw)
     raw["cell"] = dict(raw["cell"], scan_period_s=1.0)
-    raw["thresholds"] = dict(raw["thresholds"], dp_rise=dict(raw["thresholds"]["dp_rise"], window_s=10.0))
+    raw["thresholds"] = dict(raw["thresholds"], dp_rise=dict(raw["thresholds"]["dp_rise"], window_s=10.0,
+                                                              trip=40.0))
     return config.parse(raw, "soak", base.sha256)
 
 
