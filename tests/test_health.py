@@ -3,6 +3,8 @@
 Why so exact: `controller/health.py` decides what "unhealthy" means, and an unhealthy sensor is
 the worst case for what it guards. Each test pins one comparison (<= vs <, > vs >=) so that a
 changed boundary fails here (mutation testing relies on it).
+Plain asserts and no pytest imports: this file also runs under the MicroPython unix port
+(tests/micropython/run_core_tests.py, checked by tests/test_micropython.py).
 """
 
 import math
@@ -159,7 +161,7 @@ def test_peer_that_moved_before_does_not_count():
 
 def test_rise_detector_rate_over_the_window():
     d = RiseDetector(10000, 1.0)          # 10 s window, per second, 10 slots of 1 s
-    assert d.period == 1000 and d.window_s == 10.0 and d.scale == 0.1
+    assert d.period == 1000 and d.window_s == 10.0 and d.window_ms == 10000 and d.per_ms == 1000.0
     assert d.update(0, 100.0, True) == 0.0
     for t in range(100, 10001, 100):
         rate = d.update(t, 100.0 + t / 100.0, True)   # +1 per 100 ms = 10 per s
@@ -169,7 +171,7 @@ def test_rise_detector_rate_over_the_window():
 
 def test_rise_detector_per_minute_scale():
     d = RiseDetector(30000, 60.0)
-    assert d.window_s == 30.0 and d.scale == 2.0
+    assert d.window_s == 30.0 and d.per_ms == 60000.0
     for t in range(0, 45001, 100):
         rate = d.update(t, 20.0 + t / 6000.0, True)   # 10 K per minute
     # Slot means of a steady ramp lag alike, so a full window reads the ramp exactly.
@@ -208,14 +210,33 @@ def test_rise_detector_slots_advance_on_time_and_skip_after_a_gap():
 
 def test_rise_detector_rate_uses_the_oldest_slot():
     d = RiseDetector(1000, 1.0, slots=4)  # 250 ms slots, 5 slot means
-    assert d.period == 250 and d.scale == 1.0
+    assert d.period == 250 and d.per_ms == 1000.0
     d.update(0, 0.0, True)
     assert d.update(250, 1.0, True) == 0.0   # one slot mean (0.5): no rate yet
     assert d.update(500, 2.0, True) == 1.5   # 2.0 - 0.5, over the whole window
     d.update(750, 3.0, True)
     d.update(1000, 4.0, True)
-    assert d.update(1250, 5.0, True) == 4.5  # full: newest 5.0 - oldest 0.5
-    assert d.update(1500, 6.0, True) == 4.0  # the oldest is now 2.0: 4 per s, the ramp's rate
+    # Full: newest 5.0 (at 1250) - oldest 0.5 (mean time 125), over the real 1125 ms: 4 per s.
+    assert d.update(1250, 5.0, True) == 4.0
+    assert d.update(1500, 6.0, True) == 4.0  # the oldest is now 2.0 at 500: 4 per s, the ramp's rate
+
+
+def test_rise_detector_divides_by_the_real_span_at_long_scan_periods():
+    # Hazard (issue 9, item 9): slots stretch to the scan period; dividing by the nominal window
+    # read an 11 Pa/s ramp as 110 Pa/s at a 1 s scan with a 1 s window.
+    for scan_ms in (100, 250, 1000, 3000):
+        d = RiseDetector(1000, 1.0)
+        rate = 0.0
+        for t in range(0, 60001, scan_ms):
+            rate = d.update(t, -80.0 + 11.0 * t / 1000.0, True)
+        assert abs(rate - 11.0) < 1e-6, (scan_ms, rate)
+
+
+def test_rise_detector_young_window_never_overstates():
+    d = RiseDetector(10000, 1.0)
+    for t in range(0, 3001, 100):
+        rate = d.update(t, 2.0 * t / 1000.0, True)   # 2 per s, only 3 s of data
+    assert 0.0 < rate <= 2.0 * 3.0 / 10.0 + 1e-9     # the rise so far over the whole window
 
 
 def test_rise_detector_short_window_period_is_at_least_one_ms():

@@ -1,11 +1,17 @@
 """The safety core's tests, run again under the MicroPython unix port.
 
-Why: the core is promised to run on MicroPython; this proves it on every test run. Skipped only
-where the `micropython` command is missing and we are not in CI (CI installs it).
+Why: the core (core, rules, voting, health, feedback) is promised to run on MicroPython; this
+proves it on every test run with the rule tests (test_core), the health verdicts (test_health)
+and the hazards found by fault testing (test_hazards). Each module must run exactly as many tests
+under MicroPython as CPython collects from it, all passing: an exit code of 0 alone would also
+pass a runner that imported nothing. Skipped only where the `micropython` command is missing and
+we are not in CI (CI installs it).
 """
 
+import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +22,9 @@ import pytest
 from controller import config
 
 ROOT = Path(__file__).resolve().parents[1]
+RUNNER = ROOT / "tests" / "micropython" / "run_core_tests.py"
+MODULES = ("test_core", "test_health", "test_hazards")
+AT_LEAST = {"test_core": 60, "test_health": 25, "test_hazards": 25}   # a floor against a gutted module
 
 
 def micropython() -> str | None:
@@ -23,7 +32,24 @@ def micropython() -> str | None:
     return exe if Path(exe).exists() else None
 
 
-def test_core_tests_pass_under_micropython(tmp_path):
+def runner():
+    spec = importlib.util.spec_from_file_location("run_core_tests", RUNNER)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def cpython_counts() -> dict[str, int]:
+    """How many tests each module holds, by the runner's own rule, collected under CPython."""
+    collect = runner().collect
+    return {name: len(collect(importlib.import_module(name))) for name in MODULES}
+
+
+def test_the_runner_runs_these_modules_by_default():
+    assert tuple(runner().MODULES) == MODULES
+
+
+def test_core_health_and_hazard_tests_pass_under_micropython(tmp_path):
     exe = micropython()
     if exe is None:
         if os.environ.get("CI"):
@@ -31,10 +57,18 @@ def test_core_tests_pass_under_micropython(tmp_path):
         pytest.skip("micropython not installed")
     params = tmp_path / "params.json"
     params.write_text(json.dumps(config.load(ROOT / "config" / "cell.toml").core_params()))
-    run = subprocess.run([exe, str(ROOT / "tests/micropython/run_core_tests.py"), str(ROOT), str(params)],
+    run = subprocess.run([exe, str(RUNNER), str(ROOT), str(params), *MODULES],
                          capture_output=True, text=True, timeout=600)
     print(run.stdout[-3000:], run.stderr[-3000:])
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert " 0 failed" in run.stdout
-    passed = int(run.stdout.strip().splitlines()[-1].split(": ")[1].split(" passed")[0])
-    assert passed >= 60   # the whole core suite ran, not an empty module
+    ran = {m.group(1): (int(m.group(2)), int(m.group(3)))
+           for m in re.finditer(r"^module (\w+): (\d+) passed, (\d+) failed$", run.stdout, re.M)}
+    want = cpython_counts()
+    assert set(ran) == set(MODULES), ran
+    for name in MODULES:
+        passed, failed = ran[name]
+        assert failed == 0, (name, run.stdout[-3000:])
+        assert passed == want[name], f"{name}: {passed} ran under MicroPython, CPython collects {want[name]}"
+        assert passed >= AT_LEAST[name], (name, passed)
+    total = run.stdout.strip().splitlines()[-1]
+    assert total == f"micropython core tests: {sum(want.values())} passed, 0 failed", total

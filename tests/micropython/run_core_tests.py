@@ -1,34 +1,74 @@
-"""Run the core tests under the MicroPython unix port.
+"""Run the safety core's test modules under the MicroPython unix port.
 
-Usage: micropython tests/micropython/run_core_tests.py REPO_ROOT PARAMS_JSON
+Usage: micropython tests/micropython/run_core_tests.py REPO_ROOT PARAMS_JSON [MODULE ...]
 PARAMS_JSON holds the default plant's core parameters (written by CPython, since MicroPython
-has no TOML reader). Prints 'N passed, N failed' and exits 1 on any failure.
+has no TOML reader). MODULE names test modules in tests/ (default: MODULES below); each must use
+plain asserts and no pytest. Every `test_*` function of a module runs, plus the functions its
+GENERATED dict holds (tests made in loops). Prints one line per module,
+'module NAME: N passed, N failed', then 'micropython core tests: N passed, N failed', and exits 1
+on any failure. tests/test_micropython.py checks each module's count against CPython's.
 """
 
 import sys
 
-root = sys.argv[1]
-sys.path.insert(0, root)
-sys.path.insert(0, root + "/tests")
+MODULES = ("test_core", "test_health", "test_hazards")
 
-import corekit  # noqa: E402
 
-corekit.PARAMS_JSON = sys.argv[2]
+def collect(mod):
+    """The tests of a module, by name: the same rule on CPython and MicroPython."""
+    tests = {}
+    for n in dir(mod):
+        if n.startswith("test_"):
+            fn = getattr(mod, n)
+            if callable(fn):
+                tests[n] = fn
+    generated = getattr(mod, "GENERATED", None)
+    if generated:
+        for n in generated:
+            tests[n] = generated[n]
+    return tests
 
-import test_core  # noqa: E402
 
-passed = 0
-failed = 0
-tests = {n: getattr(test_core, n) for n in dir(test_core) if n.startswith("test_")}
-for n in test_core.GENERATED:
-    tests[n] = test_core.GENERATED[n]
-for name in sorted(tests):
-    fn = tests[name]
+def run_module(name):
+    passed = 0
+    failed = 0
     try:
-        fn()
-        passed += 1
-    except Exception as exc:  # report every failure, then fail the run
-        failed += 1
-        print("FAIL", name, repr(exc))
-print("micropython core tests: %d passed, %d failed" % (passed, failed))
-sys.exit(1 if failed else 0)
+        mod = __import__(name)
+    except Exception as exc:  # a module that does not even import under MicroPython
+        print("FAIL import", name, repr(exc))
+        if hasattr(sys, "print_exception"):
+            sys.print_exception(exc)
+        return 0, 1
+    tests = collect(mod)
+    for test in sorted(tests):
+        try:
+            tests[test]()
+            passed += 1
+        except Exception as exc:  # report every failure, then fail the run
+            failed += 1
+            print("FAIL", name + "." + test, repr(exc))
+            if hasattr(sys, "print_exception"):
+                sys.print_exception(exc)
+    print("module %s: %d passed, %d failed" % (name, passed, failed))
+    return passed, failed
+
+
+def main(argv):
+    root = argv[1]
+    sys.path.insert(0, root)
+    sys.path.insert(0, root + "/tests")
+    import corekit
+
+    corekit.PARAMS_JSON = argv[2]
+    passed = 0
+    failed = 0
+    for name in argv[3:] or MODULES:
+        p, f = run_module(name)
+        passed += p
+        failed += f
+    print("micropython core tests: %d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
