@@ -275,32 +275,61 @@ def _open_state(args: argparse.Namespace, config: Any, loop: Any) -> tuple[Any, 
     return persister, tracker
 
 
-def _claim_pidfile(state_dir: str) -> Path:
-    """Say that a controller runs here: `probe --outputs` refuses to pulse outputs meanwhile."""
-    path = Path(state_dir) / "crushcell.pid"
+LOCK_FILE = "crushcell.lock"   # in the state dir; locked (flock) for as long as a controller lives
+PID_FILE = "crushcell.pid"     # for `probe --outputs` and for people; the lock is what decides
+
+
+def _claim_pidfile(state_dir: str) -> tuple[Path, int]:
+    """One controller per state dir: an exclusive flock on <state-dir>/crushcell.lock.
+
+    Hazard: two controllers driving one cell. A pid file alone cannot tell: after a power cut
+    or a kill -9 the recorded pid is often another process's at the next start (a restart 3 s
+    after a kill -9 was refused). The kernel drops a flock when its process dies however it
+    dies, so a dead controller never blocks a new one and a live one always does. The lock file
+    is never deleted (deleting it would let two processes lock two different files).
+    """
+    import fcntl
+
+    folder = Path(state_dir)
+    lock_path, path = folder / LOCK_FILE, folder / PID_FILE
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            try:
-                other = int(path.read_text().strip() or "0")
-                if other and other != os.getpid():
-                    os.kill(other, 0)
-                    raise UsageError(f"another controller (pid {other}) already runs with state dir "
-                                     f"{state_dir}; two controllers must never drive one cell")
-            except (ValueError, ProcessLookupError):
-                pass   # stale pid file from a crash
-            except PermissionError:
-                raise UsageError(f"another controller (pid file {path}) already runs") from None
-        path.write_text(f"{os.getpid()}\n")
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise UsageError(f"cannot use state dir {state_dir}: {exc.strerror or exc}") from None
-    return path
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        try:
+            other = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        except OSError:
+            other = ""
+        os.close(fd)
+        if isinstance(exc, BlockingIOError):
+            who = f"pid {other}" if other.isdigit() else "another process"
+            raise UsageError(f"another controller ({who}) already runs with state dir {state_dir}: it "
+                             f"holds {lock_path}. Two controllers must never drive one cell; stop that "
+                             "one first (systemctl stop crushcell) or give a different --state-dir") from None
+        raise UsageError(f"cannot lock {lock_path}: {exc.strerror or exc}") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        path.write_text(f"{os.getpid()}\n")   # replaces any stale one: the lock says it is ours
+    except OSError as exc:
+        os.close(fd)
+        raise UsageError(f"cannot use state dir {state_dir}: {exc.strerror or exc}") from None
+    return path, fd
 
 
-def _release_pidfile(path: Path) -> None:
+def _release_pidfile(claim: tuple[Path, int]) -> None:
+    path, fd = claim
     try:
         if path.read_text().strip() == str(os.getpid()):
             path.unlink()
+    except OSError:
+        pass
+    try:
+        os.close(fd)   # drops the lock (the kernel would at exit anyway)
     except OSError:
         pass
 
@@ -423,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("path", nargs="?", default=DEFAULT_CONFIG, metavar="PATH")
     chk.set_defaults(func=cmd_check_config)
 
-    ce = sub.add_parser("cause-effect", help="print the cause-and-effect matrix (measured by driving the safety core)")
+    ce = sub.add_parser("cause-effect",
+                        help="print the cause-and-effect matrix (measured by driving the safety core)")
     ce.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help="plant configuration")
     ce.add_argument("--format", choices=("md", "csv", "html"), default="md",
                     help="output format (default: md)")

@@ -52,6 +52,8 @@ class Snapshot:
 
 
 Reply = Callable[[bool, str, str], None]   # accepted, reason, resulting state
+# A queued command: action, source, reply, operator (by), the caller's id (plant link).
+Command = tuple[str, str, Reply | None, str | None, str | None]
 
 
 class ScanLoop:
@@ -65,7 +67,7 @@ class ScanLoop:
         self.period_ms = int(round(config.scan_period_s * 1000))
         self.events: collections.deque[dict] = collections.deque()
         self.events_dropped = 0
-        self.commands: collections.deque[tuple[str, str, Reply | None, str | None]] = collections.deque()
+        self.commands: collections.deque[Command] = collections.deque()
         self.overruns = 0               # consecutive late scans
         self.overruns_total = 0
         self.scans = 0
@@ -82,7 +84,13 @@ class ScanLoop:
         self.latest: Snapshot | None = None
         self.stop_requested = False
         self.last_scan_s = 0.0          # cost of the last scan (s), for the status line
-        self._pending: list[tuple[str, str, Reply | None, str | None]] = []
+        # Worst scan cost per window (run_realtime only): kept by the scan thread alone with two
+        # compares a scan, no lock; read by the plant link through worst_scan_s().
+        self.scan_window_s = 60.0
+        self._scan_max_now = 0.0        # this window so far
+        self._scan_max_prev = 0.0       # the window before
+        self._scan_window_end = 0.0
+        self._pending: list[Command] = []
         self.lateness_s: list[float] | None = None   # benchmarks: scan start minus its slot
         self.wake = threading.Event()   # set when events wait: the pump need not poll
         # Calibration status handed in by another thread: (due names, overdue names), applied at a scan.
@@ -105,15 +113,32 @@ class ScanLoop:
         self.wake = threading.Event()
 
     # -- called from any thread ----------------------------------------------------------------
-    def submit(self, action: str, source: str, reply: Reply | None = None, *, by: str | None = None) -> bool:
+    def submit(self, action: str, source: str, reply: Reply | None = None, *, by: str | None = None,
+               id: str | None = None) -> bool:
         """Queue a command for the next scan; False (and no reply) if the queue is full.
 
         by: who sent it (an operator name from the plant link), recorded in the command event.
+        id: the caller's command id (plant link); recorded in the command event with
+            "stage": "core", so the journal, the event log and MQTT carry the same record.
         """
         if len(self.commands) >= COMMAND_QUEUE_MAX:
             return False
-        self.commands.append((action, source, reply, by))
+        self.commands.append((action, source, reply, by, id))
         return True
+
+    def record_event(self, event: dict) -> None:
+        """Hand over an event made outside the core (the plant link's refused commands).
+
+        It joins the core's events: the pump numbers it, journals it, writes it to the event log
+        and offers it to the link, like any other. Any thread; one append, one flag.
+        """
+        self.events.append(event)
+        self.wake.set()
+
+    def worst_scan_s(self) -> float:
+        """The longest scan of the last minute: the worst of this window and the one before."""
+        prev, now = self._scan_max_prev, self._scan_max_now
+        return prev if prev > now else now
 
     def set_calibration(self, due: tuple[str, ...] | list[str], overdue: tuple[str, ...] | list[str]) -> None:
         """Gas sensors due for a bump test or calibration, and those overdue beyond the grace."""
@@ -171,9 +196,14 @@ class ScanLoop:
         self.scans += 1
         if pending:
             state = core.state_name
-            for (_a, _s, reply, _by), (accepted, reason) in zip(pending, core.command_results, strict=False):
+            for (_a, _s, reply, _by, _id), (accepted, reason) in zip(pending, core.command_results,
+                                                                     strict=False):
                 if reply is not None:
                     reply(accepted, reason, state)
+            for c in pending:
+                if c[4] is not None:
+                    _record_ids(pending, core.events)
+                    break
             pending.clear()
         ev_waiting = bool(core.events)
         if ev_waiting:
@@ -262,7 +292,12 @@ class ScanLoop:
                     before_scan(now_ms)
                 self.scan(now_ms)
                 done = mono()
-                self.last_scan_s = done - now_wall
+                cost = self.last_scan_s = done - now_wall
+                if cost > self._scan_max_now:
+                    self._scan_max_now = cost
+                if done >= self._scan_window_end:
+                    self._scan_max_prev, self._scan_max_now = self._scan_max_now, 0.0
+                    self._scan_window_end = done + self.scan_window_s
                 next_t += period_s
                 if done > next_t:
                     # Late: the next slot has already begun. Count it and re-align.
@@ -276,3 +311,14 @@ class ScanLoop:
                         time.sleep(delay)
         finally:
             self.io.force_safe()
+
+
+def _record_ids(pending: list[Command], events: list[dict]) -> None:
+    """Put each command's id into its command event (the core makes one per command, in order)."""
+    ids = iter([c[4] for c in pending])
+    for e in events:
+        if e.get("type") == "command":
+            cmd_id = next(ids, None)
+            if cmd_id is not None:
+                e["id"] = cmd_id
+                e["stage"] = "core"

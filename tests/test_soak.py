@@ -5,10 +5,10 @@ runs at `scan_period_s = 1.0`, the coarsest scan the configuration allows, so 60
 other keys change with it: `dp_rise.window_s` goes from 1 s to 10 s, because a rise window must
 span at least 10 scans (the safety envelope refuses less), and `dp_rise.trip` from 100 to 40 Pa/s,
 because 100 Pa/s held for 10 s is 1000 Pa, more than the sensor's span: such a rise could never
-fire (the envelope refuses that too). Everything else is the default plant. The fine-grained timing is the business
-of the rule tests and the fault matrix; the soak looks for what only time finds: a latch that
-leaks, a counter that wraps, a state the operator cannot get out of, an invariant broken once in
-half a million scans.
+fire (the envelope refuses that too). Everything else is the default plant. The fine-grained
+timing is the business of the rule tests and the fault matrix; the soak looks for what only time
+finds: a latch that leaks, a counter that wraps, a state the operator cannot get out of, an
+invariant broken once in half a million scans.
 
 Shifts: two 8-hour shifts a day (06-14, 14-22), the night idle. A seeded operator purges at shift
 start, starts when READY, acknowledges and resets trips after a pause, stops and shuts down at shift

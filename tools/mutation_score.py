@@ -10,7 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-MODULES = ("controller/core.py", "controller/health.py")
+MODULES = ("controller/core.py", "controller/health.py", "controller/voting.py", "controller/feedback.py")
 MIN_SCORE = 0.90
 KILLED = {1: "killed", 3: "killed", 36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout",
           255: "timeout"}

@@ -24,8 +24,10 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from controller import __version__
@@ -33,6 +35,7 @@ from controller.link import client as mq
 from controller.link import commands, payloads
 from controller.link.client import LinkConfigError
 from controller.link.outbox import Outbox, OutboxError
+from controller.link.pacing import Backoff, LogThrottle
 
 log = logging.getLogger("crushcell.link")
 
@@ -44,6 +47,12 @@ DELETE_BATCH = 500       # acknowledged rows deleted in one transaction...
 DELETE_EVERY_S = 0.2     # ...or at least this often
 PREFETCH = 2000          # outbox rows read at once while draining
 CLOSE_DRAIN_S = 2.0      # on clean shutdown, time given to deliver the rest of the backlog
+SUPERVISE_EVERY_S = 1.0  # the supervisor looks at paho's thread and the acknowledgements this often
+ACK_STALL_S = 30.0       # connected, messages in flight, no PUBACK for this long: restart the client
+RESTART_MIN_S = 10.0     # at most one restart per this many seconds
+LOG_EVERY_S = 60.0       # repeated warnings (outbox full, connect failures, errors): one line per this
+HEALTH_STATUS_MIN_S = 10.0   # status re-published for a health change (overruns, drops, I/O faults,
+                             # restarts) at most this often; telemetry carries health every period
 
 __all__ = ["PlantLink", "LinkConfigError", "OutboxError"]
 
@@ -78,27 +87,34 @@ class PlantLink:
         self.t_reply = f"{self.base}/{payloads.CMD_REPLY}"
         self.t_ha_status = f"{s.homeassistant_prefix}/status"
         self.units = {name: sc.unit for name, sc in getattr(config, "sensors", {}).items()}
-        password = mq.read_password(s)
-        self.client = mq.make_client(s, s.client_id or f"crushcell-{config.cell_id}", password=password,
-                                     will=(self.t_avail, payloads.OFFLINE))
-        del password
+        self.resolutions = {name: getattr(sc, "resolution", None)
+                            for name, sc in getattr(config, "sensors", {}).items()}
+        self.client_id = s.client_id or f"crushcell-{config.cell_id}"
+        # Supervision (issue 10): `restarts` counts how often the supervisor replaced paho's
+        # client (dead network thread, stalled acknowledgements); status carries it.
+        self.restarts = 0
+        self.ack_stall_s = ACK_STALL_S
+        self._callback_log = LogThrottle(LOG_EVERY_S)
+        self._connect_fail_log = LogThrottle(LOG_EVERY_S)
+        self._connect_fail_why = ""
+        self._outbox_full_log = LogThrottle(LOG_EVERY_S)
+        self._worker_error_log = LogThrottle(LOG_EVERY_S)
+        self._backoff = Backoff(s.reconnect_min_s, s.reconnect_max_s)
+        self._net_started = False
+        self._supervise_at = 0.0
+        self._restart_at = 0.0                       # monotonic: no restart before this
+        self._ack_progress_at = time.monotonic()     # last PUBACK, or when something began to wait
+        self.client = None   # callbacks from any client but the current one are ignored
+        self.client = self._new_client()
         self._window = s.publish_window
         self.receive_maximum = 0
-        # paho's own cap on unacknowledged QoS 1 messages (fixed before connecting): our event
-        # window plus room for status, availability and replies.
-        self.client.max_inflight_messages_set(s.publish_window + 8)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
-        self.client.on_message = self._on_message
         self.outbox = Outbox(os.path.join(state_dir, f"outbox-{config.cell_id}.sqlite3"),
                              s.outbox_max_events, s.outbox_sync)
 
         # Hand-over queues (deque append/popleft are atomic: no locks on the loop's threads).
         self._offered: collections.deque[tuple[float, dict]] = collections.deque()
         self._replies: collections.deque[dict] = collections.deque()
-        self._awaiting: collections.deque[tuple[str, str, str, bool, str]] = collections.deque()
-        self._acked: collections.deque[int] = collections.deque()
+        self._acked: collections.deque[tuple[Any, int]] = collections.deque()   # (client, mid)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -118,14 +134,20 @@ class PlantLink:
         self._status_last: dict | None = None
         self._history_tokens = 0.0
         self._history_last = 0.0
+        self._health_key: tuple | None = None        # the health counts the last status carried
+        self._health_status_at = 0.0                 # monotonic time of the last status
 
         # Set from paho's thread, read by the worker.
         self._connected = False
         self._birth_due = False
         self._ha_due = False
-        self._limit = commands.RateLimit(s.command_rate_per_s, time.monotonic())
+        self._limits = commands.ClientLimits(s.command_rate_per_s)   # per `by`; stop/shutdown exempt
+        self._recent_ids = commands.RecentIds()
         self._audit_limit = commands.RateLimit(AUDIT_RATE_PER_S, time.monotonic(), burst=AUDIT_BURST)
         self._audit_suppressed = 0
+        # The audit limiter is used from paho's thread (_refuse) and the worker (_audit_summary):
+        # without the lock a refusal could be counted both one by one and in a summary.
+        self._audit_lock = threading.Lock()
         self.counters = collections.Counter()
         self._last_refusal_log = 0.0
 
@@ -135,6 +157,7 @@ class PlantLink:
         self._worker.start()
         self.loop.request_snapshot()
         mq.start(self.client, self.host, self.port, self.s.keepalive_s)
+        self._net_started = True
         log.info("plant link: broker %s:%d, topics %s/#, outbox %s (%d waiting, %d dropped so far)",
                  self.host, self.port, self.base, self.outbox.path, self.outbox.pending, self.outbox.dropped)
 
@@ -171,6 +194,42 @@ class PlantLink:
                 "last_seq": self.outbox.last_seq, "inflight": len(self._inflight),
                 "connected": self._connected, **self.counters}
 
+    # -- the paho client: built here, replaced by the supervisor -------------------------------------
+    def _new_client(self) -> Any:
+        """A configured, unconnected paho client with our (guarded) callbacks."""
+        s = self.s
+        password = mq.read_password(s)
+        client = mq.make_client(s, self.client_id, password=password, will=(self.t_avail, payloads.OFFLINE))
+        del password
+        # paho's own cap on unacknowledged QoS 1 messages (fixed before connecting): our event
+        # window plus room for status, availability and replies.
+        client.max_inflight_messages_set(s.publish_window + 8)
+        client.on_connect = self._guard("on_connect", self._on_connect)
+        client.on_connect_fail = self._guard("on_connect_fail", self._on_connect_fail)
+        client.on_disconnect = self._guard("on_disconnect", self._on_disconnect)
+        client.on_publish = self._guard("on_publish", self._on_publish)
+        client.on_message = self._guard("on_message", self._on_message)
+        return client
+
+    def _guard(self, name: str, callback: Callable[..., None]) -> Callable[..., None]:
+        """Wrap a paho callback: it never raises, and a client the link replaced is not heard.
+
+        Hazard: an exception escaping a callback stops paho's network thread; the link then
+        looks online (the socket stays open, telemetry is queued) but never answers again.
+        """
+        def guarded(client: Any, *args: Any) -> None:
+            if client is not self.client:
+                return   # a retired client's late callback (its message ids mean nothing now)
+            try:
+                callback(client, *args)
+            except Exception:
+                self.counters["callback_errors"] += 1
+                n = self._callback_log.hit()
+                if n is not None:
+                    log.exception("plant link: error in paho callback %s (%d since the last report); "
+                                  "the link carries on", name, n)
+        return guarded
+
     # -- paho callbacks (network thread: short, never block) ----------------------------------------
     def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
         if mq.is_failure(reason_code):
@@ -189,8 +248,15 @@ class PlantLink:
         self.receive_maximum = rmax
         self._window = max(1, min(self.s.publish_window, rmax - 4))
         self._connected_at = self.clock()
+        self._ack_progress_at = time.monotonic()
         self._connected = True
         self.counters["connects"] += 1
+        self._backoff.reset()
+        if self._connect_fail_why:
+            log.warning("plant link: connected to %s:%d (after %d failed attempt(s) in all)",
+                        self.host, self.port, self._connect_fail_log.total)
+            self._connect_fail_log = LogThrottle(LOG_EVERY_S)
+            self._connect_fail_why = ""
         # Subscriptions are renewed on every connect (clean session: the broker forgot them).
         mq.subscribe(client, self.t_cmd, qos=1)
         if self.s.homeassistant_discovery:
@@ -201,16 +267,37 @@ class PlantLink:
         self._wake.set()
         log.info("plant link: connected to %s:%d", self.host, self.port)
 
-    def _on_disconnect(self, _client: Any, _userdata: Any, _flags: Any, reason_code: Any,
+    def _on_disconnect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any,
                        _props: Any) -> None:
         if self._connected and not self._stop.is_set():
             log.warning("plant link: disconnected from %s:%d (%s); events wait in the outbox",
                         self.host, self.port, mq.connack_text(reason_code))
         self._connected = False
         self.counters["disconnects"] += 1
+        mq.set_next_delay(client, self._backoff.next())
 
-    def _on_publish(self, _client: Any, _userdata: Any, mid: int, _reason_code: Any, _props: Any) -> None:
-        self._acked.append(mid)
+    def _on_connect_fail(self, client: Any, _userdata: Any) -> None:
+        """A connection attempt failed before CONNACK: socket refused or timed out, DNS, TLS.
+
+        paho calls this inside its `except OSError`, so the error is the one being handled. The
+        first failure and any new kind of failure are logged at once, repeats once a minute.
+        """
+        self.counters["connect_failed"] += 1
+        why = mq.connect_error_text(sys.exc_info()[1])
+        delay = self._backoff.next()
+        mq.set_next_delay(client, delay)
+        if why != self._connect_fail_why:
+            self._connect_fail_why = why
+            self._connect_fail_log.last = None   # a new kind of failure is said at once
+        n = self._connect_fail_log.hit()
+        if n is not None:
+            over = " over TLS" if self.s.tls else ""
+            log.warning("plant link: cannot connect to %s:%d%s: %s (%d attempt(s) since the last report; "
+                        "retrying every %g s at most)", self.host, self.port, over, why, n,
+                        self._backoff.max_s)
+
+    def _on_publish(self, client: Any, _userdata: Any, mid: int, _reason_code: Any, _props: Any) -> None:
+        self._acked.append((client, mid))
         self._wake.set()
 
     def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
@@ -225,71 +312,120 @@ class PlantLink:
     def _command(self, payload: bytes, retained: bool) -> None:
         self.counters["commands_received"] += 1
         parsed = commands.parse(payload, retained=retained, max_bytes=self.s.command_max_bytes)
-        if isinstance(parsed, commands.Command) and not self._limit.allow(time.monotonic()):
-            parsed = commands.Refusal(parsed.id, parsed.action, parsed.by,
-                                      f"rate limit: more than {self.s.command_rate_per_s:g} commands "
-                                      "per second; try again")
+        if parsed is None:
+            # Empty: the documented way to clear a stuck retained command. No reply, no audit.
+            self.counters["commands_empty"] += 1
+            return
+        now = time.monotonic()
+        if isinstance(parsed, commands.Command):
+            if self._recent_ids.check(parsed.id, now):
+                # Hazard: a captured command replayed later would act again.
+                parsed = commands.Refusal(parsed.id, parsed.action, parsed.by,
+                                          "duplicate id: a command with this id was already received; "
+                                          "use a new id for every command")
+            elif not self._limits.allow(parsed.by, parsed.action, now):
+                parsed = commands.Refusal(parsed.id, parsed.action, parsed.by,
+                                          f"rate limit: more than {self.s.command_rate_per_s:g} commands "
+                                          "per second from this 'by'; try again (stop and shutdown are "
+                                          "never limited)")
         if isinstance(parsed, commands.Refusal):
             self._refuse(parsed)
             return
         cmd_id, action, by = parsed.id, parsed.action, parsed.by
-        awaiting, replies, clock = self._awaiting, self._replies, self.clock
+        replies, clock = self._replies, self.clock
 
         def reply(accepted: bool, reason: str, state: str) -> None:
             # Runs on the SCAN THREAD: append only, never block, never raise.
-            awaiting.append((cmd_id, by, action, accepted, reason))
             if len(replies) < REPLY_QUEUE_MAX:
                 replies.append(payloads.reply(cmd_id, accepted, reason, state, ts=clock(), action=action))
 
-        if not self.loop.submit(action, "remote", reply):
+        # The loop records by and id in the core's command event ("stage": "core"): the journal,
+        # the event log and MQTT carry the same record under the same seq.
+        if not self.loop.submit(action, "remote", reply, by=by, id=cmd_id):
             self._refuse(commands.Refusal(cmd_id, action, by, "command queue full; try again"))
             return
+        self._recent_ids.remember(cmd_id, now)
         self.counters["commands_submitted"] += 1
 
     def _audit_summary(self) -> None:
         """A flood of refused commands left some out of the event log: say how many (worker)."""
-        if self._audit_suppressed and self._audit_limit.allow(time.monotonic()):
+        if not self._audit_suppressed:
+            return
+        with self._audit_lock:
+            if not (self._audit_suppressed and self._audit_limit.allow(time.monotonic())):
+                return
             n, self._audit_suppressed = self._audit_suppressed, 0
-            snap = self.loop.latest
-            self.offer_event({"t": snap.t if snap is not None else None, "type": "command", "action": None,
-                              "source": "remote", "accepted": False, "id": None, "by": None, "stage": "link",
-                              "reason": f"{n} more refused commands not logged one by one (flood)",
-                              "suppressed": n})
+        snap = self.loop.latest
+        self._audit({"t": snap.t if snap is not None else None, "type": "command", "action": None,
+                     "source": "remote", "accepted": False, "id": None, "by": None, "stage": "link",
+                     "reason": f"{n} more refused commands not logged one by one (flood)",
+                     "suppressed": n})
+
+    def _audit(self, record: dict) -> None:
+        """A command the link refused joins the loop's event stream, when the loop takes one: the
+        pump numbers it, journals it, writes it to --events and offers it back to us, so the journal
+        and MQTT carry the same record under one seq. Any thread: one append, one flag."""
+        record_event = getattr(self.loop, "record_event", None)
+        if callable(record_event):
+            record_event(record)
+        else:   # a loop without an event stream (tests' FakeLoop): straight to the outbox
+            self.offer_event(record)
 
     def _refuse(self, r: commands.Refusal) -> None:
         self.counters["commands_refused"] += 1
         state = self._status_last["state"] if self._status_last else None
-        if len(self._replies) < REPLY_QUEUE_MAX:
+        # A client that keeps being refused gets a burst of replies, then its command rate: every
+        # operator receives every reply, and one client's flood must not bury theirs.
+        if not self._limits.notify(r.by or "", time.monotonic()):
+            self.counters["replies_suppressed"] += 1
+        # Refusals may fill only half the reply queue: the other half stays free for the core's
+        # answers, so a flood of refused commands cannot crowd out another operator's reply.
+        elif len(self._replies) < REPLY_QUEUE_MAX // 2:
             self._replies.append(payloads.reply(r.id, False, r.reason, state, ts=self.clock(),
                                                 action=r.action))
+            self._wake.set()
         else:
             self.counters["replies_dropped"] += 1
         # Audit: refused commands go to the event log too, but a flood must not fill the outbox.
-        if self._audit_limit.allow(time.monotonic()):
+        with self._audit_lock:
+            allowed = self._audit_limit.allow(time.monotonic())
+            if allowed:
+                suppressed, self._audit_suppressed = self._audit_suppressed, 0
+            else:
+                self._audit_suppressed += 1
+        if allowed:
             snap = self.loop.latest
             record = {"t": snap.t if snap is not None else None, "type": "command", "action": r.action,
                       "source": "remote", "accepted": False, "reason": r.reason, "id": r.id, "by": r.by,
                       "stage": "link"}
-            if self._audit_suppressed:
-                record["suppressed"] = self._audit_suppressed
-                self._audit_suppressed = 0
-            self.offer_event(record)
-        else:
-            self._audit_suppressed += 1
+            if suppressed:
+                record["suppressed"] = suppressed
+            self._audit(record)
 
     # -- worker ----------------------------------------------------------------------------------------
     def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self._wake.wait(TICK_S)
-                self._wake.clear()
+        while not self._stop.is_set():
+            self._wake.wait(TICK_S)
+            self._wake.clear()
+            try:
                 self._step()
+            except Exception:   # never let the link take anything else down; say what happened
+                # A failed pass (a full disk under the outbox, say) is logged and counted and the
+                # worker carries on: the next pass may succeed, and the supervisor keeps watching.
+                self.counters["worker_errors"] += 1
+                n = self._worker_error_log.hit()
+                if n is not None:
+                    log.exception("plant link: worker pass failed (%d since the last report); "
+                                  "the controller runs on and the link retries", n)
+                self._stop.wait(1.0)
+        try:
             self._finish()
-        except Exception:   # never let the link take anything else down; say what happened
-            log.exception("plant link: worker stopped by an unexpected error; the controller runs on")
+        except Exception:
+            log.exception("plant link: could not finish delivering at shutdown; the rest stays in the outbox")
             self.counters["worker_crashed"] += 1
 
     def _step(self) -> None:
+        self._supervise()
         self._audit_summary()
         self._store_offered()
         self._process_acks()
@@ -318,38 +454,33 @@ class PlantLink:
         status_events = ("state", "trip", "alarm", "outputs", "end")
         while offered:
             ts, event = pop()
-            if event.get("type") == "command" and event.get("source") == "remote" and "stage" not in event:
-                event = self._enrich(event)
             if event.get("type") in status_events:
                 self._want_status()
             body, seq = payloads.event_body(event, ts)
             rows.append((ts, body, seq))
         dropped = self.outbox.append(rows)
         if dropped:
-            log.warning("plant link: outbox full (%d events): dropped the %d oldest; %d dropped in all",
-                        self.outbox.max_events, dropped, self.outbox.dropped)
+            # Said the first time, then at most once a minute with the count (SD-card wear).
+            self._report_outbox_full(self._outbox_full_log.hit(dropped))
             self._want_status()
 
-    def _enrich(self, event: dict) -> dict:
-        """Add the MQTT caller's id and operator to the core's record of a remote command."""
-        awaiting = self._awaiting
-        if awaiting:
-            cmd_id, by, action, accepted, reason = awaiting[0]
-            seen = (event.get("action"), event.get("accepted"), event.get("reason"))
-            if (action, accepted, reason) == seen:
-                awaiting.popleft()
-                event = dict(event)
-                event["id"], event["by"], event["stage"] = cmd_id, by, "core"
-        return event
+    def _report_outbox_full(self, n: int | None) -> None:
+        if n is not None:
+            log.warning("plant link: outbox full (%d events): dropped the %d oldest since the last report "
+                        "(at most one report a minute); %d dropped in all", self.outbox.max_events, n,
+                        self.outbox.dropped)
 
     def _process_acks(self, force: bool = False) -> None:
         acked = self._acked
         done = self._done
         inflight = self._inflight
+        client = self.client
         while acked:
-            seqs = inflight.pop(acked.popleft(), None)
+            by, mid = acked.popleft()
+            seqs = inflight.pop(mid, None) if by is client else None
             if seqs:
                 done.extend(seqs)
+                self._ack_progress_at = time.monotonic()
         # Deleting is batched (one transaction per DELETE_BATCH rows or DELETE_EVERY_S): a crash
         # in between only means those acknowledged events are sent again (same seq) at restart.
         if done and (force or len(done) >= DELETE_BATCH or time.monotonic() >= self._delete_at):
@@ -357,6 +488,57 @@ class PlantLink:
             self.counters["events_acked"] += len(done)
             done.clear()
             self._delete_at = time.monotonic() + DELETE_EVERY_S
+
+    # -- supervisor (worker thread) ---------------------------------------------------------------
+    def _supervise(self) -> None:
+        """Notice a link that looks alive but is not, and replace paho's client (counted, logged).
+
+        Hazard: paho's network thread can die (an exception escaping paho, a bug) while the socket
+        stays open; availability then stays `online` and nothing says that events and commands
+        have stopped. Also: connected, messages in flight, and no PUBACK for ack_stall_s.
+        """
+        now = time.monotonic()
+        if now < self._supervise_at:
+            return
+        self._supervise_at = now + SUPERVISE_EVERY_S
+        self._report_outbox_full(self._outbox_full_log.flush())
+        if not self._inflight:
+            self._ack_progress_at = now   # nothing waits for an acknowledgement
+        if not self._net_started or self._stop.is_set() or now < self._restart_at:
+            return
+        why = None
+        if not mq.network_alive(self.client):
+            why = "paho's network thread has stopped"
+        elif self._connected and now - self._ack_progress_at > self.ack_stall_s:
+            why = (f"no PUBACK for {now - self._ack_progress_at:.0f} s with {len(self._inflight)} "
+                   "event messages in flight")
+        if why is not None:
+            self._restart(why)
+
+    def _restart(self, why: str) -> None:
+        """Replace paho's client with a new one; events not yet acknowledged are sent again."""
+        self._restart_at = time.monotonic() + RESTART_MIN_S
+        self.restarts += 1
+        log.warning("plant link: restarting the MQTT client: %s (restart %d since start)", why, self.restarts)
+        self._process_acks(force=True)   # what the old client had acknowledged stays acknowledged
+        try:
+            new = self._new_client()
+        except (LinkConfigError, OSError, ValueError) as exc:
+            log.warning("plant link: cannot build a new MQTT client (%s); trying again in %g s", exc,
+                        RESTART_MIN_S)
+            return
+        old, self.client = self.client, new   # from here the old client's callbacks are ignored
+        self._connected = False
+        mq.retire(old)
+        # paho's queue went with the old client: every event not yet acknowledged is read again
+        # from the outbox and sent again (same seq, flagged historical; consumers dedupe by seq).
+        self._acked.clear()
+        self._inflight.clear()
+        self._rows.clear()
+        self._fetched_seq = 0
+        self._ack_progress_at = time.monotonic()
+        self._backoff.reset()
+        mq.start(new, self.host, self.port, self.s.keepalive_s)
 
     def _publish_replies(self) -> None:
         replies = self._replies
@@ -381,9 +563,13 @@ class PlantLink:
         self._publish_status(snap)
 
     def _publish_status(self, snap: Any) -> None:
+        health = self._health()
         body = payloads.status(snap, ts=self.clock(), cell_id=self.config.cell_id, version=__version__,
                                config_sha256=getattr(self.config, "sha256", ""),
-                               outbox_pending=self.outbox.pending, outbox_dropped=self.outbox.dropped)
+                               outbox_pending=self.outbox.pending, outbox_dropped=self.outbox.dropped,
+                               health=health)
+        self._health_key = self._trouble(health)
+        self._health_status_at = time.monotonic()
         self._status_last = body
         self.client.publish(self.t_status, payloads.dumps(body), qos=1, retain=True)
         self.counters["status_sent"] += 1
@@ -407,13 +593,48 @@ class PlantLink:
         if snap is None or not self._connected:
             return
         self._telemetry_seq += 1
-        body = payloads.telemetry(snap, ts=now, seq=self._telemetry_seq, units=self.units)
+        health = self._health()
+        body = payloads.telemetry(snap, ts=now, seq=self._telemetry_seq, units=self.units, health=health)
         self.client.publish(self.t_telemetry, payloads.dumps(body), qos=0)
+        # A count of trouble moved (late scans, dropped events, I/O faults, link restarts): the
+        # retained status says so too, at most every HEALTH_STATUS_MIN_S.
+        if self._trouble(health) != self._health_key and not self._status_due and \
+                time.monotonic() - self._health_status_at >= HEALTH_STATUS_MIN_S:
+            self._want_status()
+
+    def _health(self) -> dict:
+        """The loop's and the link's health (worker thread; plain reads of counters, no locks)."""
+        loop = self.loop
+        worst = getattr(loop, "worst_scan_s", None)
+        return payloads.health(
+            scans=getattr(loop, "scans", 0), overruns=getattr(loop, "overruns", 0),
+            overruns_total=getattr(loop, "overruns_total", 0),
+            scan_max_s=worst() if callable(worst) else getattr(loop, "last_scan_s", 0.0),
+            events_dropped=getattr(loop, "events_dropped", 0),
+            outbox_pending=self.outbox.pending, outbox_dropped=self.outbox.dropped,
+            link_restarts=getattr(self, "restarts", 0), io_faults=self._io_faults())
+
+    def _io_faults(self) -> dict[str, int]:
+        """Failed reads per sensor from a backend that counts them (hardware); {} otherwise."""
+        counts = getattr(getattr(self.loop, "io", None), "fault_counts", None)
+        if not callable(counts):
+            return {}
+        try:
+            return {str(k): int(v) for k, v in counts().items()}
+        except Exception:   # a backend's counters must never stop the link; say nothing rather than lie
+            return {}
+
+    @staticmethod
+    def _trouble(health: dict) -> tuple:
+        return (health["overruns_total"], health["events_dropped"], health["outbox_dropped"],
+                health["link_restarts"], tuple(sorted(health["io_faults"].items())))
 
     def _publish_discovery(self) -> None:
         for topic, cfg in payloads.homeassistant_configs(ha_prefix=self.s.homeassistant_prefix,
                                                           base=self.base, cell_id=self.config.cell_id,
-                                                          version=__version__, units=self.units):
+                                                          version=__version__, units=self.units,
+                                                          resolutions=self.resolutions,
+                                                          telemetry_period_s=self.s.telemetry_period_s):
             self.client.publish(topic, payloads.dumps(cfg), qos=1, retain=True)
         self._status_due = True
 

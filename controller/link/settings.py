@@ -31,7 +31,7 @@ class MqttSettings:
     homeassistant_prefix: str = "homeassistant"
     # Added with the plant link (issue 3): reconnect backoff, outbox durability, backlog drain.
     reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 30.0
+    reconnect_max_s: float = 5.0      # issue 10: was 30 s, a broker restart cost half a minute
     outbox_sync: str = "full"
     publish_window: int = 20
     history_batch: int = 100
@@ -63,8 +63,9 @@ def read_mqtt(section: Section) -> MqttSettings:
         key_file=section.string("key_file", ""),
         homeassistant_discovery=section.boolean("homeassistant_discovery", False),
         homeassistant_prefix=section.string("homeassistant_prefix", "homeassistant", nonempty=True),
+        # Seconds, fractions kept (0.25 means 0.25 s); each wait is jittered within [d/2, d].
         reconnect_min_s=section.number("reconnect_min_s", 1.0, minval=0.1, maxval=60.0),
-        reconnect_max_s=section.number("reconnect_max_s", 30.0, minval=1.0, maxval=3600.0),
+        reconnect_max_s=section.number("reconnect_max_s", 5.0, minval=0.1, maxval=3600.0),
         outbox_sync=section.string("outbox_sync", "full", choices=("full", "normal")),
         publish_window=section.integer("publish_window", 20, minval=1, maxval=1000),
         history_batch=section.integer("history_batch", 100, minval=1, maxval=1000),

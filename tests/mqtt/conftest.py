@@ -1,5 +1,8 @@
 """Fixtures for the MQTT suite: real mosquitto brokers on free loopback ports, a subscriber, configs.
 
+Every message a Subscriber captures is validated against docs/schemas/ (tests/mqtt/schemas.py);
+closing a Subscriber that saw an invalid payload fails the test that used it.
+
 Mosquitto missing: the suite fails under CI (it must run there) and is skipped elsewhere with
 a message saying how to install it.
 """
@@ -19,6 +22,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import schemas  # noqa: E402
 from brokers import Broker, find_mosquitto  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +70,8 @@ def broker(tmp_path):
 
 
 class Subscriber:
-    """A plain paho client recording every message; optional persistent session."""
+    """A plain paho client recording every message (and when it came), each checked against
+    docs/schemas/; optional persistent session."""
 
     def __init__(self, port: int, topics, *, client_id: str = "", persistent: bool = False,
                  username: str | None = None, password: str | None = None, tls: dict | None = None):
@@ -75,6 +80,8 @@ class Subscriber:
 
         self.messages: queue.Queue = queue.Queue()
         self.all: list = []
+        self.arrivals: list[float] = []    # time.monotonic() of each message in `all`
+        self.schema_errors: list[str] = []
         self.lock = threading.Lock()
         self.connected = threading.Event()
         self.subscribed = threading.Event()
@@ -103,8 +110,14 @@ class Subscriber:
 
     def _on_message(self, _c, _u, msg):
         item = (msg.topic, msg.payload, msg.retain)
+        try:
+            problems = schemas.check(msg.topic, msg.payload)
+        except Exception as exc:   # never let a checker bug kill paho's thread
+            problems = [f"{msg.topic}: schema check failed: {exc!r}"]
         with self.lock:
             self.all.append(item)
+            self.arrivals.append(time.monotonic())
+            self.schema_errors.extend(problems)
         self.messages.put(item)
 
     def publish(self, topic, payload, retain=False, qos=1):
@@ -125,6 +138,15 @@ class Subscriber:
     def close(self):
         self.c.disconnect()
         self.c.loop_stop()
+        self.check_schemas()
+
+    def check_schemas(self):
+        """Fail if any captured payload broke docs/schemas/ (the first few errors, and how many)."""
+        with self.lock:
+            errors = list(self.schema_errors)
+        if errors:
+            raise AssertionError(f"{len(errors)} payload(s) do not match docs/schemas/:\n"
+                                 + "\n".join(errors[:8]))
 
 
 @pytest.fixture
@@ -137,5 +159,10 @@ def subscriber_factory():
         return s
 
     yield make
+    failures = []
     for s in made:
-        s.close()
+        try:
+            s.close()
+        except AssertionError as exc:
+            failures.append(str(exc))
+    assert not failures, "\n".join(failures)

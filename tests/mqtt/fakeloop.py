@@ -29,10 +29,12 @@ class FakeLoop:
         self.events: list[dict] = []
         self.remote_enable = remote_enable
         self.scans = 0
+        self.causes: list[str] = []   # latched trip causes shown in snapshots
+        self.io = None                # a backend with fault_counts() (hardware), or None (sim)
         self.lock = threading.Lock()
 
-    def submit(self, action, source, reply=None):
-        self.commands.append((action, source, reply))
+    def submit(self, action, source, reply=None, *, by=None, id=None):
+        self.commands.append((action, source, reply, by, id))
         return True
 
     def request_snapshot(self):
@@ -42,11 +44,12 @@ class FakeLoop:
         values = [0.5] * len(SENSORS)
         values[SENSORS.index("co_cell")] = math.nan
         quality = ["good"] * len(SENSORS)
-        quality[SENSORS.index("co_cell")] = "nan"
+        quality[SENSORS.index("co_cell")] = "fault:nan"
         inputs = [True] * len(INPUTS)
         inputs[INPUTS.index("remote_enable")] = self.remote_enable
         return Snapshot(t=self.t, state=self.state, since=self.since, values=values, quality=quality,
-                        voted_o2=0.5, inputs=inputs, outputs=[False] * len(OUTPUTS), causes=[],
+                        voted_o2=0.5, inputs=inputs, outputs=[False] * len(OUTPUTS),
+                        causes=list(self.causes),
                         alarms=[("o2_deviation", "warning", False)], scans=self.scans, overruns_total=0)
 
     def scan(self):
@@ -55,7 +58,7 @@ class FakeLoop:
         self.t += 0.1
         out = []
         while self.commands:
-            action, source, reply = self.commands.popleft()
+            action, source, reply, by, cmd_id = self.commands.popleft()
             rule = ALLOWED.get(action)
             if action == "ack":
                 ok, reason = True, ""
@@ -69,8 +72,13 @@ class FakeLoop:
                 self.state, self.since = rule[1], self.t
                 out.append({"t": self.t, "type": "state", "from": old, "to": self.state,
                             "cause": "command:" + action})
-            out.insert(0, {"t": self.t, "type": "command", "action": action, "source": source,
-                           "accepted": ok, "reason": reason})
+            record = {"t": self.t, "type": "command", "action": action, "source": source,
+                      "accepted": ok, "reason": reason}
+            if by is not None:   # as ScanLoop records them
+                record["by"] = by
+            if cmd_id is not None:
+                record["id"], record["stage"] = cmd_id, "core"
+            out.insert(0, record)
             if reply is not None:
                 reply(ok, reason, self.state)
         if self.snapshot_wanted:

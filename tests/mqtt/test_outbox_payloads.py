@@ -50,7 +50,7 @@ def test_nan_travels_as_null_and_batches_unpack():
     assert json.loads(body)["value"] is None
     snap = FakeLoop().snapshot()
     tel = json.loads(payloads.dumps(payloads.telemetry(snap, ts=1.0, seq=3, units={"co_cell": "ppm"})))
-    assert tel["sensors"]["co_cell"] == {"value": None, "unit": "ppm", "quality": "nan"}
+    assert tel["sensors"]["co_cell"] == {"value": None, "unit": "ppm", "quality": "fault:nan"}
     batch = json.loads(payloads.history_batch([(7, '{"a":1,"seq":7}'), (8, '{"a":2,"seq":8}')]))
     assert batch == {"historical": True, "first_seq": 7, "last_seq": 8, "count": 2,
                      "events": [{"a": 1, "seq": 7, "historical": True},

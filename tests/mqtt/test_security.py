@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
 import pytest
-from brokers import Broker, make_ca, make_passwords
+from brokers import Broker, free_port, make_ca, make_passwords
 from conftest import ROOT, Subscriber, plant_config, wait_for
 from fakeloop import FakeLoop, Runner
 
+from controller.link import client as mq
 from controller.link.client import LinkConfigError, parse_broker, read_password
 from controller.link.mqtt import PlantLink
 
@@ -35,6 +37,7 @@ def secure(tmp_path_factory):
 def secure_link(broker, certs, tmp, password, name):
     pw = tmp / f"{name}.pw"
     pw.write_text(password + "\n")
+    pw.chmod(0o600)   # require_tls refuses a password file others can read
     config = plant_config(port=broker.port, tls=True, require_tls=True, ca_file=certs["ca.crt"],
                           username="crushcell-cell1", password_file=str(pw))
     return PlantLink(config, FakeLoop(), state_dir=str(tmp / f"state-{name}"))
@@ -113,3 +116,74 @@ def test_bad_broker_option_exits_2_without_traceback(tmp_path):
                           "--broker", "h:99999", "--state-dir", str(tmp_path / "s"), "--duration", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "port must be a number" in out.stderr and "Traceback" not in out.stderr
+
+
+# -- issue 10, item 7: security faults are said, not silent ------------------------------------------
+def security_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "crushcell.link" and r.levelno >= logging.WARNING]
+
+
+def test_readable_password_file_and_clear_text_username_are_warned_once(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(mq, "_warned", set())
+    caplog.set_level(logging.WARNING, logger="crushcell.link")
+    pw = tmp_path / "mqtt.password"
+    pw.write_text("s3cret\n")
+    pw.chmod(0o644)
+    config = plant_config(username="crushcell-cell1", password_file=str(pw))
+    for n in range(2):
+        PlantLink(config, FakeLoop(), state_dir=str(tmp_path / f"s{n}")).close()
+    said = security_warnings(caplog)
+    mode = [m for m in said if "readable or writable by group or others" in m]
+    clear = [m for m in said if "over plain TCP" in m]
+    assert len(mode) == 1 and "mode 0644" in mode[0] and f"chmod 600 {pw}" in mode[0]
+    assert len(clear) == 1 and "set tls = true" in clear[0]
+    assert not any("s3cret" in m for m in said)
+    pw.chmod(0o600)                      # private: nothing more to say
+    monkeypatch.setattr(mq, "_warned", set())
+    caplog.clear()
+    assert read_password(config.mqtt) == "s3cret"
+    assert not [m for m in security_warnings(caplog) if "group or others" in m]
+
+
+def test_require_tls_refuses_a_credentials_file_others_can_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(mq, "_warned", set())
+    pw = tmp_path / "mqtt.password"
+    pw.write_text("s3cret\n")
+    pw.chmod(0o640)
+    config = plant_config(tls=True, require_tls=True, username="crushcell-cell1", password_file=str(pw))
+    with pytest.raises(LinkConfigError, match=r"mode 0640.*chmod 600.*require_tls = true"):
+        PlantLink(config, FakeLoop(), state_dir=str(tmp_path / "s"))
+    # The same through `crushcell run`: refused at start, exit 2, one clear message.
+    cfg = tmp_path / "cell.toml"
+    keys = (f'tls = true\nrequire_tls = true\nusername = "crushcell-cell1"\npassword_file = "{pw}"\n')
+    cfg.write_text((ROOT / "config" / "cell.toml").read_text().replace("[mqtt]\n", "[mqtt]\n" + keys, 1))
+    out = subprocess.run([sys.executable, "-m", "controller.cli", "run", "--config", str(cfg), "--hal", "sim",
+                          "--state-dir", str(tmp_path / "s2"), "--duration", "1", "--no-status"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "password_file" in out.stderr and "chmod 600" in out.stderr and "Traceback" not in out.stderr
+    assert "s3cret" not in out.stderr
+
+
+def test_tls_handshake_and_socket_failures_are_logged(secure, broker, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="crushcell.link")
+    secure_broker, certs, _tmp = secure
+    cases = (
+        # TLS against a plain listener: the broker drops the handshake.
+        (broker.port, {"tls": True, "ca_file": certs["ca.crt"]}, "over TLS: ConnectionResetError"),
+        # The system's CAs do not know the test CA: the server certificate is rejected.
+        (secure_broker.port, {"tls": True}, "over TLS: TLS certificate rejected: self-signed"),
+        # Nothing listens.
+        (free_port(), {}, "Connection refused"),
+    )
+    for n, (port, mqtt, words) in enumerate(cases):
+        caplog.clear()
+        link = PlantLink(plant_config(port=port, **mqtt), FakeLoop(), state_dir=str(tmp_path / f"s{n}"))
+        link.start()
+        try:
+            wait_for(lambda: link.counters["connect_failed"] >= 3, what=f"failed attempts ({words})")  # noqa: B023
+        finally:
+            link.close()
+        said = [m for m in security_warnings(caplog) if "cannot connect" in m]
+        assert len(said) == 1 and words in said[0], (words, said)
