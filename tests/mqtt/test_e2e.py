@@ -64,7 +64,11 @@ def test_availability_last_will_and_status_after_broker_restart(rig, subscriber_
         ctl = make_controller(broker.port)
         wait_for(lambda: watcher.snapshot() and watcher.snapshot()[-1][1] == b"online", what="online")
 
-        # A dashboard that connects later gets the retained status and availability at once.
+        # A dashboard that connects later gets the retained status and availability at once. (Wait
+        # for the first status first: one that is published after `late` subscribes arrives live,
+        # without the retain flag, and this check would wait for a retained copy in vain.)
+        early = subscriber_factory(broker.port, [f"{BASE}/status"])
+        wait_for(lambda: early.snapshot("/status"), what="first status")
         late = subscriber_factory(broker.port, [f"{BASE}/status", f"{BASE}/availability"])
         status = wait_for(lambda: [m for m in late.snapshot("/status") if m[2]], what="retained status")
         body = json.loads(status[0][1])
