@@ -1048,3 +1048,17 @@ def test_a_pending_clear_does_not_delay_other_alarms():
     b.values["hf_room"] = 0.6
     b.scan()
     assert b.core.alarm_active[names.index("hf_room")]   # raised in this very scan
+
+
+def test_reset_button_held_at_power_up_is_one_refused_press_and_never_resets_a_restored_latch():
+    # A button held (or stuck) at power-up counts as one press in the first scan: BOOT refuses it
+    # and says so; it never resets the latch restored from before the restart.
+    b = bench()
+    b.core.restore_latch(["estop"])
+    b.inputs["local_reset"] = True
+    b.scan()
+    cmds = b.events("command")
+    assert [(e["action"], e["source"], e["accepted"]) for e in cmds] == [("reset", "local", False)]
+    b.run(10)
+    assert b.core.state_name == "TRIPPED" and b.core.causes() == ["estop"]
+    assert len(b.events("command")) == 1
