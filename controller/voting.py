@@ -34,8 +34,10 @@ class O2Vote:
         self.dev_since = None    # since when, while it lasts
         self.one_high = False    # one in-vote sensor >= trip, the vote not (yet) tripping
 
-    def update(self, now, val, ok, boot):
-        """Judge the vote. boot: during BOOT a recovery counts at once (the self-test decides)."""
+    def update(self, now, val, ok, boot=False):
+        """Judge the vote. A recovery counts from the time it happens, in BOOT too (domain.md has
+        no exception); a sensor healthy from power-up is in the vote at once. `boot` is unused
+        and kept for callers."""
         in_vote = self.in_vote
         a, b, c = self.idx
         if not (self.all_in and ok[a] and ok[b] and ok[c]):
@@ -47,7 +49,7 @@ class O2Vote:
                 if ok[i]:
                     if not was[k]:
                         # Back from a fault: out of the vote until healthy for the recovery time.
-                        since[k] = now - rec if boot else now
+                        since[k] = now
                         was[k] = True
                     in_vote[k] = now - since[k] >= rec
                 else:

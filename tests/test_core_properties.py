@@ -21,7 +21,8 @@ reading of domain.md, never the core's tables); after every scan it checks:
   self-test sensor faults, N2 supply low-low with O2 high, write failures and overruns).
 - INV-TRIP: any other trip condition present in the state before or after the scan gives TRIPPED,
   crusher and feed off, in that scan.
-- INV-LEAVE-TRIPPED: TRIPPED is left only through a reset (command or panel button) to PURGING.
+- INV-LEAVE-TRIPPED: TRIPPED is left only through a reset (command or panel button) to PURGING,
+  from the local panel unless the plant allows remote reset.
 - INV-TRIPPED-OUTPUTS: in TRIPPED the beacon is on, crusher and feed off, and the gas outputs follow
   domain.md's "Trip effects by cause" for the classes present now (door open, RTO inlet at its
   warning or unhealthy, overpressure), not the configured safe states.
@@ -81,21 +82,21 @@ O2_LEVELS = {"low": 0.3, "quiet": 0.5, "permissive": 1.6, "warning": 2.2, "below
 FAULT_MODES = ("disconnect", "loop_low", "nan", "out_of_range", "stale", "clear", "clear")
 
 # The combinations test_core_invariants must reach, and in how many test cases at least.
-MUST_REACH = {
-    "o2: one out of the vote, another high, while crushing": 3,
-    "o2: two out of the vote after failing in turn, while crushing": 3,
-    "o2: two out of the vote after failing in turn, while inert (PURGING, READY)": 3,
-    "o2: one sensor above the trip alone while RUNNING": 3,
-    "o2: two reading low while the third rises past the warning, while crushing": 3,
+MUST_REACH = {   # usually 8 to 60 of the 80 cases each; runs are correlated, so the floors are loose
+    "o2: one out of the vote, another high, while crushing": 2,
+    "o2: two out of the vote after failing in turn, while crushing": 2,
+    "o2: two out of the vote after failing in turn, while inert (PURGING, READY)": 2,
+    "o2: one sensor above the trip alone while RUNNING": 2,
+    "o2: two reading low while the third rises past the warning, while crushing": 2,
+    "o2: a deviation held for deviation_hold_s while RUNNING": 2,
     "reset tried while a latched cause held within reset_hold_s": 10,
     "reset accepted": 5,
-    "TRIPPED with the door open": 10,
-    "TRIPPED with the RTO inlet flammable or unhealthy": 10,
-    "TRIPPED with overpressure": 10,
-    "TRIPPED with the door open and the RTO inlet flammable": 3,
+    "start tried after repeated permissive losses": 2,
+    "TRIPPED with the door open": 5,
+    "TRIPPED with the RTO inlet flammable or unhealthy": 5,
+    "TRIPPED with overpressure": 5,
+    "TRIPPED with the door open and the RTO inlet flammable": 2,
     "acknowledged, then scans with the horn silenced": 10,
-    "o2: a deviation held for deviation_hold_s while RUNNING": 3,
-    "start tried after repeated permissive losses": 3,
 }
 COUNTS = collections.Counter()   # scans on which each combination held
 CASES = collections.Counter()    # test cases (examples) that reached it
@@ -192,12 +193,14 @@ class CoreMachine(RuleBasedStateMachine):
             self.fed = key
             self.static = self.judge_fed()
         bad, present, static_known = self.static
-        # O2 vote: out of it while unhealthy and until healthy for the recovery time.
+        # O2 vote: out of it while unhealthy and until healthy for the recovery time, in every state
+        # (healthy since power-up is in the vote; the core exempts a recovery during BOOT: see
+        # test_vote_recovery_counts_for_a_sensor_back_during_boot, a reported finding).
         for s in O2_SENSORS:
             if bad[s]:
                 self.ok_since[s] = None
             elif self.ok_since[s] is None:
-                self.ok_since[s] = NEVER if state == "BOOT" else now
+                self.ok_since[s] = now
         out = [s for s in O2_SENSORS if bad[s] or now - self.ok_since[s] < RECOVERY_MS]
         voting = [s for s in O2_SENSORS if s not in out]
         high = [s for s in voting if self.at_or_above(s, O2_TRIP)]
@@ -328,9 +331,11 @@ class CoreMachine(RuleBasedStateMachine):
             if trips:
                 assert after == "TRIPPED" and not out["crusher"] and not out["feed"], (
                     f"INV-TRIP: {', '.join(trips)} present in {s} did not trip {ctx} {c.causes()}")
-        # INV-LEAVE-TRIPPED
+        # INV-LEAVE-TRIPPED (a reset from the local panel, unless the plant allows remote reset)
         if before == "TRIPPED" and after != "TRIPPED":
             assert resetting and after == "PURGING", f"INV-LEAVE-TRIPPED: left TRIPPED without a reset {ctx}"
+            local = press or any(a == "reset" and src == "local" for a, src in commands)
+            assert local or P["remote_reset"], f"INV-LEAVE-TRIPPED: reset from remote accepted {ctx}"
         # INV-STOP
         if before == "RUNNING":
             stops = []
@@ -525,9 +530,19 @@ class CoreMachine(RuleBasedStateMachine):
     @rule(order=ORDER, mode=FAILS, k=SHORT,
           healthy=st.sampled_from((1, 10, 60, RECOVERY_MS // PERIOD_MS - 1, RECOVERY_MS // PERIOD_MS,
                                    RECOVERY_MS // PERIOD_MS + 1, RECOVERY_MS // PERIOD_MS + 25)),
-          where=st.sampled_from(("RUNNING", "RUNNING", "READY", "READY", None)))
+          where=st.sampled_from(("RUNNING", "RUNNING", "RUNNING", None)))
     def o2_fail_in_turn(self, order, mode, k, healthy, where):
         """One sensor fails and comes back; another fails before (or after) the first rejoins the vote."""
+        self.fail_in_turn(order, mode, k, healthy, where)
+
+    @rule(order=ORDER, mode=FAILS, k=SHORT,
+          healthy=st.sampled_from((1, 10, 60, RECOVERY_MS // PERIOD_MS - 1, RECOVERY_MS // PERIOD_MS,
+                                   RECOVERY_MS // PERIOD_MS + 1)))
+    def o2_fail_in_turn_inert(self, order, mode, k, healthy):
+        """The same while inert (READY): the vote is lost there too."""
+        self.fail_in_turn(order, mode, k, healthy, "READY")
+
+    def fail_in_turn(self, order, mode, k, healthy, where):
         self.go(where)
         a, b, _c = order
         self.fail(a, mode)
@@ -671,7 +686,7 @@ class CoreMachine(RuleBasedStateMachine):
             assert self.b.core.state_name in STATES
 
 
-SETTINGS = settings(max_examples=100, stateful_step_count=30, deadline=None,
+SETTINGS = settings(max_examples=80, stateful_step_count=30, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -770,3 +785,25 @@ def test_planted_short_reset_hold_breaks_inv_reset_hold():
 
 def test_planted_ack_keeps_horn_breaks_inv_horn():
     find_planted(planted(AckKeepsHorn), r"INV-HORN: ")
+
+
+# -- findings: domain.md rules the core does not follow (strict xfail: the mark must go with the fix) --
+def test_vote_recovery_counts_for_a_sensor_back_during_boot():
+    # domain.md: "A sensor rejoins the O2 vote only after it has been healthy for a recovery time
+    # (P: 10 s), so two sensors failing in turn count as two unhealthy sensors" -- no exception for
+    # BOOT. o2_a fails during the self-test and is back 1 s before its end; the self-test passes;
+    # 0.6 s after the self-test o2_b fails in PURGING: o2_a has been healthy for 1.6 s, so two
+    # sensors are out of the vote and PURGING must trip (o2_vote_lost). The core counts o2_a in the
+    # vote at once, only alarms o2_vote_degraded, and even reaches READY with o2_b still dead.
+    b = Bench(params())
+    b.run(0.5)
+    b.faults["o2_a"] = "disconnect"   # t = 0.5 s, in BOOT
+    b.run(0.5)
+    del b.faults["o2_a"]              # t = 1.0 s, still in BOOT: healthy from here on
+    b.run(1.5)
+    assert b.core.state_name == "IDLE"   # the self-test (2 s) passed
+    assert b.command("purge") == (True, "")
+    b.faults["o2_b"] = "disconnect"   # t = 2.6 s: o2_a healthy for 1.6 s of its 10 s
+    b.scan()
+    assert b.core.state_name == "TRIPPED" and "o2_vote_lost" in b.core.causes(), (
+        b.core.state_name, b.core.causes(), b.core.o2_bad)

@@ -46,6 +46,9 @@ Every scan of every case also checks, on the outputs:
   its sensor failed; overpressure or the dp sensor failed; door open), derived in `trip_gas` below
   independently of the core's tables. Around the instant a slow fault (stale, stuck) shows, both
   expectations are accepted.
+Runtime: a stuck case waits for its stuck_s (up to 300 s of simulated time) at 1 s scans, checked
+all the same, and runs at the real 100 ms scan from QUIET_LEAD_S before the fault shows: nothing
+can happen before (the plant is steady, the reading frozen), and it cuts the matrix by a third.
 """
 
 import pickle
@@ -72,6 +75,7 @@ FEEDBACK_S = 10.0       # chatter integrates 50 % of the time: twice feedback_ti
 WRITE_FAIL_S = SELF_TEST_S + 1.0   # the next scan sees the failed write; BOOT trips at the self-test's end
 SLOW_SHOWS_S = 0.5      # around the instant a stale or stuck fault shows, accept either effect
 IMMEDIATE = ("disconnect", "nan", "out_of_range")
+QUIET_LEAD_S = 10.0     # a stuck case runs at the real scan period from this long before it shows
 
 # -- the table -----------------------------------------------------------------------------------
 UNHEALTHY = {   # sensor class -> state at detection -> (outcome, name); "*" = any other state
@@ -215,10 +219,10 @@ _SNAPS = {}
 INERTED_AFTER_S = []   # from the PURGING snapshot to READY, measured
 
 
-def scan_for(loop, seconds, check=None, tripped=None):
+def scan_for(loop, seconds, check=None, tripped=None, period=None):
     io = loop.io
     model = io.model
-    period = loop.period_ms
+    period = period or loop.period_ms
     t = loop.core.now + period
     end = loop.core.now + int(seconds * 1000)
     core = loop.core
@@ -313,7 +317,14 @@ def observe(state, target, mode):
             elif kind == "alarm" and e["active"]:
                 seen["alarms"].append(e["name"])
 
-    scan_for(loop, horizon_s(target, mode), check, tripped)
+    horizon = horizon_s(target, mode)
+    if mode == "stuck" and horizon > QUIET_LEAD_S + AFTER_S + 10.0:
+        # Nothing can happen before a stuck reading shows (the plant is steady, the reading frozen):
+        # wait for it at 1 s scans, still checked, and judge its showing at the real scan period.
+        lead = detect_after_s(target, mode) - QUIET_LEAD_S
+        scan_for(loop, lead, check, tripped, period=1000)
+        horizon -= lead
+    scan_for(loop, horizon, check, tripped)
     return seen
 
 

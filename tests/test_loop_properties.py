@@ -24,7 +24,8 @@ import pickle
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, event, settings
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import event as statistics_event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
@@ -146,7 +147,7 @@ class LoopMachine(RuleBasedStateMachine):
         if what not in self.seen:
             self.seen.add(what)
             REACHED[what] += 1
-            event(what)
+            statistics_event(what)
 
     # -- one scan, checked --------------------------------------------------------------------------
     def scan(self):
@@ -340,7 +341,7 @@ class LoopMachine(RuleBasedStateMachine):
                                                  "TRIPPED")
 
 
-SETTINGS = settings(max_examples=50, stateful_step_count=25, deadline=None,
+SETTINGS = settings(max_examples=40, stateful_step_count=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
