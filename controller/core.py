@@ -279,7 +279,8 @@ class Core:
         # 2. Digital inputs: an unreadable input counts as its unsafe value, and says so. -----
         di = self.inputs
         fb_unreadable = False
-        if None in inputs:
+        unreadable = None in inputs
+        if unreadable:
             for k in range(N_INPUTS):
                 x = inputs[k]
                 if x is None:
@@ -294,13 +295,13 @@ class Core:
         # The self-test's condition, judged in every state so that its latch clears only when it is
         # gone (a sensor still dead, E-stop still open, contactor closed uncommanded, input unreadable).
         uncommanded = di[IN_CRUSHER] and not self.outputs[OUT_CRUSHER]
-        if h.n_bad or not di[IN_ESTOP] or fb_unreadable or uncommanded or None in inputs:
+        if h.n_bad or not di[IN_ESTOP] or uncommanded or unreadable:
             if state != BOOT or now - self.state_since >= self.self_test_ms:
                 hits.append(C_SELF_TEST)
 
         # 3. O2 2oo3 vote. Out of the vote (unhealthy, or not yet recovered) counts as high. --
         vote = self.vote
-        vote.update(now, val, ok, state == BOOT)
+        vote.update(now, val, ok)
         bad = vote.bad
         voted = vote.voted
         self.o2_bad = bad

@@ -34,10 +34,9 @@ class O2Vote:
         self.dev_since = None    # since when, while it lasts
         self.one_high = False    # one in-vote sensor >= trip, the vote not (yet) tripping
 
-    def update(self, now, val, ok, boot=False):
+    def update(self, now, val, ok):
         """Judge the vote. A recovery counts from the time it happens, in BOOT too (domain.md has
-        no exception); a sensor healthy from power-up is in the vote at once. `boot` is unused
-        and kept for callers."""
+        no exception); a sensor healthy from power-up is in the vote at once."""
         in_vote = self.in_vote
         a, b, c = self.idx
         if not (self.all_in and ok[a] and ok[b] and ok[c]):
