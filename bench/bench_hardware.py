@@ -37,9 +37,7 @@ def run(scans: int = SCANS) -> dict:
     from hal.hardware.ads1115 import conversion_ms
 
     config = make_config()
-    wiring = FakeCellWiring()
-    for mcp in wiring.mcp.values():
-        mcp.period_ms = 320                      # 18-bit hot-junction conversion time
+    wiring = FakeCellWiring()                    # the MCP9600 fakes convert every 320 ms (18 bits)
     cell = HardwareCell(config, i2c=wiring.i2c, smbus=wiring.smbus, pin_factory=MockFactory())
     outputs = [[config.outputs[n].safe for n in OUTPUTS], [not config.outputs[n].safe for n in OUTPUTS]]
     clock = wiring.clock

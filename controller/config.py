@@ -15,7 +15,8 @@ from controller import envelope
 from controller.configtools import MISSING, InputFileError, Section, fmt, read_toml
 from controller.link.settings import MqttSettings, read_mqtt
 from controller.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS
-from hal.bindings import read_binding
+from hal.bindings import range_problem, read_binding
+from hal.busconfig import read_i2c
 
 # Thresholds the core reads, with the keys each must have. Order of keys: low to high.
 LEVEL_THRESHOLDS = ("h2_cell", "lel_cell", "lel_rto", "co_cell", "hf_room", "temp_gas", "temp_material")
@@ -76,6 +77,9 @@ class PlantConfig:
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     calibration: dict[str, float] = field(default_factory=lambda: {k: v[0] for k, v in CALIBRATION.items()})
     permissive_loss_limit: int = 3         # [cell]
+    late_scan_trip_periods: float = 5.0    # [cell]: one scan this many periods late trips (a stall)
+    hal_backend: str = "hardware"          # [hal] backend: what `crushcell run` drives without --hal
+    i2c: dict[int, dict[str, Any]] = field(default_factory=dict)   # [i2c.<bus>] lock-up recovery wiring
     vote_recovery_s: float = 10.0          # [voting.o2] recovery_s
     frozen_s: float = 60.0                 # [voting.o2] frozen_s
 
@@ -96,6 +100,7 @@ class PlantConfig:
         return {
             "scan_period_ms": int(round(self.scan_period_s * 1000)),
             "overrun_trip_count": self.overrun_trip_count,
+            "late_scan_trip_periods": self.late_scan_trip_periods,   # the scan loop's, checked here
             "permissive_loss_limit": self.permissive_loss_limit,
             "remote_reset": self.remote_reset,
             "timers_ms": ms,
@@ -120,6 +125,8 @@ TIMERS = {
     "feedback_timeout_s": 2.0,
     "feedback_window_s": 10.0,
 }
+
+HAL_BACKENDS = ("hardware", "sim")
 
 CALIBRATION = {
     # key: (default, min, max), in days. Gas sensors (names.CALIBRATED_SENSORS) drift and poison:
@@ -192,6 +199,7 @@ def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> Pla
     scan_period_s = env.number(cell, "scan_period_s", 0.1)
     overrun_trip_count = env.integer(cell, "overrun_trip_count", 5)
     permissive_loss_limit = env.integer(cell, "permissive_loss_limit", 3)
+    late_scan_trip_periods = env.number(cell, "late_scan_trip_periods", 5.0)
     remote_reset = cell.boolean("remote_reset", False)
     cell.check_unknown()
 
@@ -205,9 +213,15 @@ def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> Pla
     pins: list[tuple[str, int]] = []
     inputs = _read_inputs(root.table("inputs"), pins)
     outputs = _read_outputs(root.table("outputs"), env, pins)
+    hal_s = root.table("hal", {})
+    # Absent: the board. A plant config written before [hal] existed ran under the unit with
+    # --hal hardware; a training board on the simulated cell says backend = "sim".
+    hal_backend = hal_s.string("backend", "hardware", choices=HAL_BACKENDS)
+    hal_s.check_unknown()
     watchdog = root.table("watchdog", {})
     heartbeat_pin = watchdog.integer("heartbeat_pin", 26, minval=0, maxval=63)
     watchdog.check_unknown()
+    i2c = read_i2c(root.table("i2c", {}), pins, {s.hardware.get("bus") for s in sensors.values()})
     cal = root.table("calibration", {})
     calibration = {k: cal.number(k, d, minval=lo, maxval=hi) for k, (d, lo, hi) in CALIBRATION.items()}
     cal.check_unknown()
@@ -229,6 +243,7 @@ def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> Pla
         sensors=sensors, thresholds=thresholds, o2_group=o2_group, inputs=inputs,
         outputs=outputs, heartbeat_pin=heartbeat_pin, mqtt=mqtt, raw=data, calibration=calibration,
         permissive_loss_limit=permissive_loss_limit, vote_recovery_s=vote_recovery_s, frozen_s=frozen_s,
+        late_scan_trip_periods=late_scan_trip_periods, hal_backend=hal_backend, i2c=i2c,
     )
     # The core checks its parameters again at construction; what passes here must pass there
     # (times are rounded to whole ms on the way).
@@ -261,6 +276,10 @@ def _read_sensors(section: Section, env: _Envelope) -> dict[str, SensorConfig]:
             continue
         s = section.table(name)
         low, high = env.pair(s, "range")
+        hardware = read_binding(s.table("hardware"))
+        problem = range_problem(hardware, low, high)
+        if problem:
+            s.key_error("range", problem)
         sensors[name] = SensorConfig(
             name=name,
             unit=s.string("unit", nonempty=True),
@@ -269,7 +288,7 @@ def _read_sensors(section: Section, env: _Envelope) -> dict[str, SensorConfig]:
             stale_s=env.number(s, "stale_s"),
             stuck_s=env.number(s, "stuck_s"),
             resolution=env.number(s, "resolution"),
-            hardware=read_binding(s.table("hardware")),
+            hardware=hardware,
         )
         s.check_unknown()
     return sensors

@@ -49,7 +49,7 @@ def test_default_config_loads():
      "(software budget: 100 ms default, down to 20 ms; max (P))"),
     (lambda d: d["cell"].__setitem__("scan_perod_s", 0.1),
      "config/cell.toml: [cell] unknown key 'scan_perod_s' (likely a typo; known keys here: id, "
-     "overrun_trip_count, permissive_loss_limit, remote_reset, scan_period_s)"),
+     "late_scan_trip_periods, overrun_trip_count, permissive_loss_limit, remote_reset, scan_period_s)"),
     (lambda d: d["timers"].__setitem__("purge_hold_s", "ten"),
      'config/cell.toml: [timers] purge_hold_s = "ten" must be a number'),
     (lambda d: d["outputs"]["crusher"].__setitem__("safe", True),
@@ -162,10 +162,23 @@ def test_bad_cli_arguments_give_usage_not_traceback(argv):
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["--speed", "nan"], "--speed nan must be above 0"),
+    (["--duration", "nan"], "--duration nan must be a number of seconds above 0"),   # ran for ever
+    (["--duration", "-5"], "--duration -5.0 must be a number of seconds above 0"),
+])
+def test_nonsense_numbers_are_refused_with_the_reason(argv, says, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "controller.cli", "run", "--hal", "sim", "--no-mqtt",
+                          "--state-dir", str(tmp_path), *argv], capture_output=True, text=True, cwd=ROOT,
+                         timeout=60)
+    assert run.returncode == 2 and says in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_unknown_top_level_table_is_named():
     errs = errors_of(lambda d: d.__setitem__("mqqt", {"host": "x"}))
     assert errs == ["config/cell.toml: unknown key 'mqqt' (likely a typo; known keys here: calibration, "
-                    "cell, inputs, mqtt, outputs, sensors, thresholds, timers, voting, watchdog)"]
+                    "cell, hal, i2c, inputs, mqtt, outputs, sensors, thresholds, timers, voting, watchdog)"]
 
 
 # -- Safety envelopes (issue 9, item 2.1): config can no longer switch protection off ---------------

@@ -13,7 +13,8 @@ Blinka `busio.I2C`, through Adafruit's `I2CDevice` (bus locking), one step per s
             channel of the chip (a stuck ADC is stuck for all of them), start again.
             OS bit 1 -> check the config read back is the one we wrote (a chip that reset or
             lost its setup is a "device" fault, never a silently wrong channel), read the
-            conversion register, scale it, start the next channel's conversion.
+            conversion register, scale it against the channel's NE43 bands (scaling.py), start
+            the next channel's conversion.
 
 One conversion is in flight per chip; channels take turns, so each is refreshed every
 (channels on the chip) scans when the conversion is shorter than a scan.
@@ -114,7 +115,7 @@ class ADS1115(SensorDevice):
         if counts & 0x8000:
             counts -= 0x10000
         ma = counts_to_ma(counts, hw["gain"], hw["shunt_ohm"])
-        value, fault = scale_loop(ma, hw["span"])
+        value, fault = scale_loop(ma, hw["span"], hw["valid_ma"], hw["maintenance_ma"])
         t_ms = min(now_ms, self.started_ms + int(conversion_ms(hw["data_rate"]) + 0.5))
         raw = {"raw": counts, "ma": round(ma, 4), "config": f"0x{config:04X}"}
         if fault is None:

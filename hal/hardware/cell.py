@@ -1,8 +1,11 @@
 """HardwareCell: the CellIO backend for the real cell (I2C sensors, GPIO inputs and relays).
 
 Why this shape: the scan calls read_sensors / read_inputs / write_outputs once each per period.
-Every chip advances by one bounded step per scan (at most three short I2C transactions), so a
-slow or hung device shows up as an ageing reading or a fault value, never as a stalled loop.
+Every chip advances by one bounded step per scan (at most three short I2C transactions, and one
+immediate retry of the step after a NACK), so a slow or hung device shows up as an ageing reading
+or a fault value. Only a transfer the kernel itself blocks (SCL held low) can hold a scan, for the
+adapter's timeout, once per bus per scan (docs/hardware.md, "Bus faults"). After the chips, each
+bus's BusGuard looks for a lock-up (every chip failing) and clears it (busrecovery.py).
 Vendor libraries are imported by the chip modules only, and only when this class is built.
 """
 
@@ -14,8 +17,9 @@ from typing import Any
 from controller.names import SENSORS
 from hal.base import Reading
 from hal.hardware.ads1115 import ADS1115
-from hal.hardware.device import SensorDevice
-from hal.hardware.gpio import Gpio, open_factory
+from hal.hardware.busrecovery import BusGuard
+from hal.hardware.device import BusOpenError, SensorDevice
+from hal.hardware.gpio import Gpio, PinConfigError, open_factory
 from hal.hardware.mcp9600 import MCP9600
 from hal.hardware.plan import DevicePlan, expected_addresses, plan_devices
 from hal.hardware.sdp810 import SDP810
@@ -40,7 +44,13 @@ class _Buses:
                 return self.injected[bus]
             return self.injected
         if bus not in self.opened:
-            self.opened[bus] = self.opener(bus)   # OSError here: the chip's sensors fault, retried
+            try:
+                self.opened[bus] = self.opener(bus)
+            except Exception as exc:
+                # No /dev/i2c-N, or Blinka refusing this board (it raises ImportError or ValueError
+                # from busio.I2C): the chips' sensors fault "disconnect" and are retried, never a
+                # traceback out of the scan or the probe.
+                raise BusOpenError(f"cannot open I2C bus {bus}: {type(exc).__name__}: {exc}") from None
         return self.opened[bus]
 
     def source(self, bus: int) -> Callable[[], Any]:
@@ -98,12 +108,33 @@ class HardwareCell:
         self._device_of = {name: dev for dev in self.devices for name in dev.plan.sensors}
         self._owns_factory = pin_factory is None
         self.gpio = Gpio(config, pin_factory if pin_factory is not None else open_factory())
+        # Bus lock-up detection on every bus, recovery where [i2c.<bus>] wires it (busrecovery.py).
+        self._on_bus: dict[int, list[SensorDevice]] = {}
+        for dev in self.devices:
+            self._on_bus.setdefault(dev.plan.bus, []).append(dev)
+        wiring = getattr(config, "i2c", {}) or {}
+        try:
+            self.guards = {bus: BusGuard(bus, wiring.get(bus), self.gpio.pin) for bus in sorted(self._on_bus)}
+        except PinConfigError:
+            self.gpio.force_safe()
+            raise
         self.closed = False
 
     # -- CellIO ------------------------------------------------------------------------------
     def read_sensors(self, now_ms: int) -> Sequence[Reading]:
+        # A transfer that timed out blocked this scan for the adapter's timeout (docs/hardware.md,
+        # "Bus faults"); the bus's other chips would each block as long: not this scan.
+        blocked: set[int] = set()
         for dev in self.devices:
+            bus = dev.plan.bus
+            if bus in blocked and dev.due(now_ms):
+                dev.skip(now_ms, f"not tried: a transfer on bus {bus} timed out in this scan")
+                continue
             dev.poll(now_ms)
+            if dev.failed_at == now_ms and dev.timed_out:
+                blocked.add(bus)
+        for bus, guard in self.guards.items():
+            guard.watch(self._on_bus[bus], now_ms)
         return [self._device_of[name].readings[name] for name in SENSORS]
 
     def read_inputs(self, now_ms: int) -> Sequence[bool | None]:
@@ -131,6 +162,8 @@ class HardwareCell:
         except Exception:
             pass
         self.closed = True
+        for guard in self.guards.values():
+            guard.close()
         for dev in self.devices:
             try:
                 dev.close()
@@ -143,6 +176,15 @@ class HardwareCell:
     def fault_counts(self) -> dict[str, int]:
         """Faults seen per sensor since start (every failed read, NE43 or CRC fault counts once)."""
         return {name: self._device_of[name].fault_counts[name] for name in SENSORS}
+
+    def bus_recoveries(self) -> dict[int, dict[str, int]]:
+        """Per bus since start: lock-ups seen (every chip failing), recoveries run, recoveries that
+        cleared the bus (nine clocks and a STOP), sensor supply power cycles."""
+        return {bus: dict(guard.counts) for bus, guard in self.guards.items()}
+
+    def buses_stuck(self) -> list[int]:
+        """Buses locked up now: every chip on them failing since the lock-up was seen."""
+        return [bus for bus, guard in self.guards.items() if guard.stuck]
 
     def details(self) -> dict[str, dict[str, Any]]:
         """Per sensor: the latest reading with its raw register values and the chip's state."""

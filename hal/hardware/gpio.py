@@ -6,6 +6,18 @@ Why pin level and our own factory instance:
   `gpio_claim_input` with no pull), leaving the relay inputs floating (gpiozero issues #707, #1146).
   We make our own factory instance (never `Device.pin_factory`) and drive `Pin` objects, which
   have no `__del__`: nothing resets our outputs behind our back.
+- The local factories (lgpio, RPi.GPIO, native) share ONE class-wide pin table
+  (`LocalPiFactory.pins`), and `Factory.close()` closes every pin in it: gpiozero's atexit hook
+  closing `Device.pin_factory` (any other gpiozero device in the process) would reset our relay
+  pins too, and that factory's `pin(17)` would hand out our own relay pin. `harden_factory` gives
+  our instance a private table: another factory then makes its own pin, which the kernel refuses
+  ("GPIO busy") while we hold the line.
+- gpiozero's `LGPIOPin` (every Pi 5) makes a pin an output with `gpio_claim_output(h, gpio)`, i.e.
+  at level 0, and only then writes the state: an active-low relay is energised for that moment,
+  at start-up and whenever `force_safe()` re-makes an output. `harden_factory` swaps in a pin
+  class whose `output_with_state` claims the line at its level in one request
+  (`lgpio.gpio_claim_output(handle, gpio, level, 0)`). RPi.GPIO's pin already does
+  (`GPIO.setup(..., initial=state)`); MockFactory's is the two-step default (tests only).
 - `close()` puts every output at its safe level and keeps driving it; the pins are left to the
   process exit (RPi.GPIO leaves them as outputs at that level; on lgpio the kernel releases the
   lines). The hardware is built so that a released pin also means "safe": de-energised relays
@@ -27,7 +39,10 @@ a bouncing contact only counts the same drop more than once.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from controller.names import EDGE_LATCHED_INPUTS, INPUTS, OUTPUTS
@@ -42,6 +57,13 @@ FACTORIES = {
 }
 AUTO_ORDER = ("lgpio", "rpigpio")
 
+# The gpiochip that carries the 40-pin header, by its kernel label: RP1 on the Pi 5 family, the
+# SoC's own GPIO block on the Pi 4 and earlier. Its number is not stable (the Pi 5's RP1 moved from
+# gpiochip4 to gpiochip0 with kernel 6.6.45), so we look it up instead of trusting a number.
+HEADER_CHIP_LABELS = ("pinctrl-rp1", "pinctrl-bcm2711", "pinctrl-bcm2835")
+# Boards whose header GPIOs sit on RP1: Raspberry Pi 5, Pi 500, Compute Module 5.
+RP1_MODEL = re.compile(r"Raspberry Pi (Compute Module )?5")
+
 
 class NoGpio(RuntimeError, ImportError):
     """No usable GPIO library (gpiozero with lgpio or RPi.GPIO) on this machine."""
@@ -51,8 +73,52 @@ class PinConfigError(ValueError):
     """A configured pin cannot be used as asked (not a GPIO, fixed pull resistor, in use)."""
 
 
-def open_factory(name: str | None = None) -> Any:
-    """A new pin factory instance: `name`, else $GPIOZERO_PIN_FACTORY, else lgpio then RPi.GPIO."""
+def board_model(paths: Sequence[str] = ("/proc/device-tree/model", "/proc/cpuinfo")) -> str:
+    """The board's model string, '' when unknown: the device tree's, else /proc/cpuinfo's `Model`."""
+    try:
+        return Path(paths[0]).read_bytes().split(b"\0")[0].decode("ascii", "replace").strip()
+    except OSError:
+        pass
+    try:
+        for line in Path(paths[1]).read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "Model":
+                return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def header_gpiochip(lgpio: Any, dev: str = "/dev") -> int | None:
+    """The number of the gpiochip labelled as the 40-pin header's (HEADER_CHIP_LABELS), else None."""
+    numbers = sorted(int(p.name[8:]) for p in Path(dev).glob("gpiochip*") if p.name[8:].isdigit())
+    for n in numbers:
+        try:
+            handle = lgpio.gpiochip_open(n)
+        except Exception:
+            continue
+        try:
+            label = lgpio.gpio_get_chip_info(handle)[3]
+        except Exception:
+            label = ""
+        finally:
+            try:
+                lgpio.gpiochip_close(handle)
+            except Exception:
+                pass
+        if label in HEADER_CHIP_LABELS:
+            return n
+    return None
+
+
+def open_factory(name: str | None = None, *, model: Callable[[], str] = board_model,
+                 dev: str = "/dev") -> Any:
+    """A new pin factory instance: `name`, else $GPIOZERO_PIN_FACTORY, else lgpio then RPi.GPIO.
+
+    `model` tells the board (default: /proc/device-tree/model); `dev` is where the gpiochips are.
+    The `native` factory is refused on an RP1 board (Pi 5 family): it drives the BCM283x GPIO
+    registers, which a Pi 5 does not have behind its header.
+    """
     import importlib
 
     name = name or os.environ.get("GPIOZERO_PIN_FACTORY") or None
@@ -61,13 +127,56 @@ def open_factory(name: str | None = None) -> Any:
     for n in names:
         if n not in FACTORIES:
             raise NoGpio(f"unknown pin factory {n!r}; choose one of: {', '.join(FACTORIES)}")
+        if n == "native":
+            board = model()
+            if RP1_MODEL.search(board):
+                raise NoGpio(f"the 'native' pin factory has no Raspberry Pi 5 support ({board}: its GPIOs "
+                             "are on the RP1 chip); use lgpio: apt install python3-lgpio, and unset "
+                             "GPIOZERO_PIN_FACTORY or set it to lgpio")
         module, cls = FACTORIES[n]
         try:
-            return getattr(importlib.import_module(module), cls)()
+            factory_class = getattr(importlib.import_module(module), cls)
+            if n == "lgpio":
+                chip = header_gpiochip(sys.modules["lgpio"], dev)
+                return factory_class() if chip is None else factory_class(chip=chip)
+            return factory_class()
         except Exception as exc:  # ImportError, or the library refusing a non-Pi machine
             problems.append(f"{n}: {exc}")
     raise NoGpio("no GPIO pin factory works here (" + "; ".join(problems) + "); on a Pi install "
                  "python3-lgpio (Pi 5 and newer OS images) or python3-rpi.gpio")
+
+
+def harden_factory(factory: Any) -> Any:
+    """Make `factory` safe for relays (see the module doc): a private pin table, and on lgpio
+    outputs claimed at their level in one request. Any other factory is left as it is."""
+    shared = getattr(type(factory), "pins", None)
+    if isinstance(shared, dict) and getattr(factory, "pins", None) is shared:
+        factory.pins = {}        # LocalPiFactory's class-wide table: never share our pins
+    module = sys.modules.get("gpiozero.pins.lgpio")
+    if module is not None and isinstance(factory, module.LGPIOFactory):
+        if not getattr(factory.pin_class, "claims_at_level", False):
+            factory.pin_class = _lgpio_pin_class(module)
+    return factory
+
+
+def _lgpio_pin_class(module: Any) -> type:
+    """An LGPIOPin whose `output_with_state` requests the line as an output already at `state`."""
+    lgpio = module.lgpio
+
+    class LevelClaimLGPIOPin(module.LGPIOPin):
+        claims_at_level = True
+
+        def output_with_state(self, state: Any) -> None:
+            level = 1 if state else 0
+            if self.function == "output":
+                self.state = level            # already ours as an output: just the level
+                return
+            if self._callback is not None:    # as LGPIOPin._set_function does
+                self._callback.cancel()
+                self._callback = None
+            lgpio.gpio_claim_output(self.factory._handle, self._number, level, 0)
+
+    return LevelClaimLGPIOPin
 
 
 def pin_level(logical: bool, safe: bool, active_low: bool) -> bool:
@@ -80,7 +189,7 @@ class Gpio:
     """Every input, output and the heartbeat of one cell."""
 
     def __init__(self, config: Any, factory: Any):
-        self.factory = factory
+        self.factory = harden_factory(factory)
         self.inputs = []      # (name, pin, active_low) in INPUTS order
         self.outputs = []     # (name, pin, active_low, safe) in OUTPUTS order
         # Edge latch: drops counted by the pin callbacks, and the count each read has reported.
@@ -100,7 +209,8 @@ class Gpio:
             for name in OUTPUTS:
                 c = config.outputs[name]
                 pin = self._pin(c.pin, f"outputs.{name}")
-                # Straight to the safe level in one call (no glitch through the other level).
+                # Straight to the safe level in one request (lgpio: harden_factory's pin class;
+                # RPi.GPIO: setup(initial=)): never a moment at the energised level.
                 pin.output_with_state(pin_level(c.safe, c.safe, c.active_low))
                 self.outputs.append((name, pin, c.active_low, c.safe))
             self.heartbeat_pin = self._pin(config.heartbeat_pin, "watchdog.heartbeat_pin")
@@ -131,6 +241,10 @@ class Gpio:
             return self.factory.pin(number)
         except Exception as exc:
             raise PinConfigError(f"[{where}] pin = {number}: {exc}") from None
+
+    def pin(self, number: int, where: str) -> Any:
+        """Another GPIO of this cell from the same (hardened) factory, e.g. bus recovery wiring."""
+        return self._pin(number, where)
 
     def read_inputs(self) -> list[bool | None]:
         """Every input (None where the read failed); a latched input that dropped since the last

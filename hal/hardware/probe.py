@@ -7,8 +7,9 @@ input could be read and (with --outputs) every feedback followed its output; 1 o
 2 on a usage or configuration error, or when --outputs is refused.
 
 Moving outputs is the dangerous part, so --outputs needs all of:
-- no running controller: `<state-dir>/crushcell.pid` must not name a live process (the service
-  owns the relays; two writers would fight, and the controller would see its outputs move);
+- no running controller: the probe takes `<state-dir>/crushcell.lock`, the lock a controller holds
+  for its whole life, and keeps it until it ends (the service owns the relays; two writers would
+  fight, and a controller must not start while outputs are being moved);
 - a typed confirmation: the operator types the cell id (or passes --yes in a script);
 - the operator's own isolation: energising the crusher contactor starts the motor if its power
   is on. The probe cannot know; the prompt says so, and shows the E-stop chain state (with the
@@ -30,7 +31,7 @@ from controller.names import INPUTS, OUTPUTS, SENSORS
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DEFAULT_STATE_DIR = "/var/lib/crushcell"
-PID_FILE = "crushcell.pid"
+LOCK_FILE = "crushcell.lock"   # controller/cli.py: held (flock) for as long as a controller lives
 # Output -> the input that proves it moved (contactor auxiliary contact).
 FEEDBACK = {"crusher": "crusher_running"}
 
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=os.environ.get("CRUSHCELL_CONFIG", "config/cell.toml"),
                    metavar="PATH", help="plant configuration (default: config/cell.toml)")
     p.add_argument("--state-dir", default=os.environ.get("CRUSHCELL_STATE_DIR", DEFAULT_STATE_DIR),
-                   metavar="DIR", help=f"where a running controller keeps {PID_FILE} "
+                   metavar="DIR", help=f"where a running controller holds {LOCK_FILE} "
                                        f"(default: {DEFAULT_STATE_DIR})")
     p.add_argument("--outputs", action="store_true",
                    help="also pulse every output (loop check); needs the controller stopped")
@@ -55,32 +56,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def controller_pid(state_dir: str) -> int | None:
-    """The pid of a running controller from its pid file, None if none runs.
+def claim_state_lock(state_dir: str) -> int:
+    """Hold `<state-dir>/crushcell.lock` (flock) for the probe: the lock a controller holds for its life.
 
-    Raises ProbeRefused when the file exists but cannot be read: we cannot tell, so we refuse.
+    Hazard: two writers on one relay board. A pid file cannot tell (after a kill -9 or a power
+    cut its pid is often another process's; a deleted pid file hides a live controller); the
+    kernel's lock can: it is held exactly as long as a controller lives. Holding it while the
+    outputs move also keeps a controller from starting in the middle of the probe.
+    Raises ProbeRefused when a controller holds it, or when it cannot be taken.
     """
-    path = Path(state_dir) / PID_FILE
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ProbeRefused(f"cannot read {path}: {exc.strerror}; "
-                           "cannot tell whether the controller runs") from None
-    try:
-        pid = int(text.split()[0])
-    except (ValueError, IndexError):
-        raise ProbeRefused(f"{path} does not hold a pid ({text[:40]!r}); "
-                           "remove it if no controller runs") from None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None            # stale pid file: the controller is not running
-    except PermissionError:
-        return pid             # exists, owned by another user (the service)
-    return pid
+    import fcntl
 
+    folder = Path(state_dir)
+    path = folder / LOCK_FILE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise ProbeRefused(f"cannot open {path}: {exc.strerror or exc}; cannot tell whether a "
+                           "controller runs (give the controller's --state-dir, as its user)") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        except OSError:
+            holder = ""
+        os.close(fd)
+        who = f"pid {holder}" if holder.isdigit() else "another process"
+        raise ProbeRefused(f"a controller is running ({who} holds {path}); "
+                           "stop it first: systemctl stop crushcell") from None
+    except OSError as exc:
+        os.close(fd)
+        raise ProbeRefused(f"cannot lock {path}: {exc.strerror or exc}") from None
+    return fd
 
 def main(argv: list[str], *, open_cell: Callable[[Any], Any] | None = None, stdin: TextIO | None = None,
          out: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
@@ -107,14 +116,25 @@ def main(argv: list[str], *, open_cell: Callable[[Any], Any] | None = None, stdi
             print(f"  {line}", file=err)
         return EXIT_USAGE
 
+    lock = None
     if args.outputs:
         try:
-            confirm_outputs(args, config, stdin, out)
+            lock = confirm_outputs(args, config, stdin, out)
         except ProbeRefused as exc:
             print(f"crushcell probe: --outputs refused: {exc}", file=err)
             return EXIT_USAGE
+    try:
+        return _probe(args, config, open_cell, out, err, clock, sleep)
+    finally:
+        if lock is not None:
+            os.close(lock)   # a controller may start again
+
+
+def _probe(args: argparse.Namespace, config: Any, open_cell: Callable[[Any], Any] | None, out: TextIO,
+           err: TextIO, clock: Callable[[], float], sleep: Callable[[float], None]) -> int:
 
     from hal.hardware.plan import WiringError
+    from hal.hardware.probe_datasheet import probe_datasheet
 
     try:
         if open_cell is None:
@@ -130,7 +150,11 @@ def main(argv: list[str], *, open_cell: Callable[[Any], Any] | None = None, stdi
         return EXIT_FAIL
     try:
         ok = probe_devices(cell, out)
+        from hal.hardware.busrecovery import probe_recovery
+
+        ok = probe_recovery(cell, out) and ok          # the bus recovery wiring, at rest
         ok = probe_sensors(cell, config, out, clock, sleep) and ok
+        ok = probe_datasheet(cell, config, out) and ok   # loops vs bands, SDP810 part, MCP9600 bias
         inputs = probe_inputs(cell, config, out, clock)
         ok = None not in inputs and ok
         if args.outputs:
@@ -145,11 +169,18 @@ def main(argv: list[str], *, open_cell: Callable[[Any], Any] | None = None, stdi
     return EXIT_OK if ok else EXIT_FAIL
 
 
-def confirm_outputs(args: argparse.Namespace, config: Any, stdin: TextIO, out: TextIO) -> None:
-    pid = controller_pid(args.state_dir)
-    if pid is not None:
-        raise ProbeRefused(f"a controller is running (pid {pid}, {Path(args.state_dir) / PID_FILE}); "
-                           "stop it first: systemctl stop crushcell")
+def confirm_outputs(args: argparse.Namespace, config: Any, stdin: TextIO, out: TextIO) -> int:
+    """The lock (returned: held until the probe ends), then the operator's confirmation."""
+    lock = claim_state_lock(args.state_dir)
+    try:
+        _confirm(args, config, stdin, out)
+    except BaseException:
+        os.close(lock)
+        raise
+    return lock
+
+
+def _confirm(args: argparse.Namespace, config: Any, stdin: TextIO, out: TextIO) -> None:
     if args.yes:
         return
     print(f"--outputs energises every output of cell {config.cell_id!r} in turn, for "

@@ -2,26 +2,34 @@
 
 Why here and pure: the same arithmetic serves the scan, the probe and the tests, on any machine.
 
-Our NE43 choice (docs/hardware.md):
-- below 3.6 mA: fault "loop_low" (broken wire, dead transmitter, transmitter signalling failure);
-- above 21.0 mA: fault "loop_high" (short, transmitter signalling failure);
-- 3.6 to 21.0 mA: scaled linearly and clamped to the span. NE43's measuring band is 3.8 to 20.5 mA;
-  in the two bands between (3.6-3.8 and 20.5-21.0) the transmitter is saturated, so the value is the
-  span end it is pinned at: an O2 or gas transmitter saturated high reads span-high and trips on
-  its thresholds, one pinned low reads span-low (and the core's stuck check watches it).
-  Clamping also keeps a small zero drift (3.95 mA) from reading as "out of range" below 0 %.
+Our NE43 choice (docs/hardware.md, "NE43 bands per channel"), per channel from its config binding:
+- a current inside the channel's maintenance band (`maintenance_ma`, optional): fault "maintenance"
+  (the transmitter says it is not measuring: never a reading, never clean gas);
+- below the valid band (`valid_ma`, default 3.8 to 20.9 mA): fault "loop_low". For a gas channel a
+  low reading is the permissive direction (0 % O2 or 0 %LEL lets the cell run), so everything below
+  NE43's 3.8 mA measuring band is a fault, not a clamped zero;
+- above the valid band: fault "loop_high";
+- inside it: scaled linearly and clamped to the span (a 20.5 to 20.9 mA transmitter saturated high
+  reads span-high and trips on its thresholds; a small zero drift does not read below 0).
+Config (hal/bindings.py) keeps every band limit far enough from NE43's failure signals (at or
+below 3.6 mA, at or above 21.0 mA) that a failure signal read with the ±0.25 % shunt and gain
+error (LOOP_ERROR) is still a fault.
 """
 
 from __future__ import annotations
 
 import math
 
-from hal.base import FAULT_LOOP_HIGH, FAULT_LOOP_LOW
+from hal.base import FAULT_LOOP_HIGH, FAULT_LOOP_LOW, FAULT_MAINTENANCE
+from hal.bindings import (  # noqa: F401  (re-exported for the probe, docs and tests)
+    DEFAULT_VALID_MA,
+    LOOP_ERROR,
+    NE43_FAILED_HIGH_MA,
+    NE43_FAILED_LOW_MA,
+    NE43_MEASURE_MA,
+)
 
-LOOP_LOW_MA = 3.6      # NE43: below this the signal has failed
-LOOP_HIGH_MA = 21.0    # NE43: above this the signal has failed
-MEASURE_LOW_MA = 3.8   # NE43 measuring band (documentation and probe output)
-MEASURE_HIGH_MA = 20.5
+MEASURE_LOW_MA, MEASURE_HIGH_MA = NE43_MEASURE_MA
 HEADROOM_MA = 22.0     # the ADC must still resolve this much, or loop_high could never be seen
 
 # ADS1115 programmable gain -> full-scale voltage (datasheet table 3; Adafruit's gain names).
@@ -42,12 +50,24 @@ def counts_to_ma(counts: int, gain: float, shunt_ohm: float) -> float:
     return volts / shunt_ohm * 1000.0
 
 
-def scale_loop(ma: float, span: tuple[float, float]) -> tuple[float, str | None]:
+def classify_loop(ma: float, valid: tuple[float, float] = DEFAULT_VALID_MA,
+                  maintenance: tuple[float, float] | None = None) -> str | None:
+    """The fault code of a loop current, or None when it is a reading (inside `valid`)."""
+    if maintenance is not None and maintenance[0] <= ma <= maintenance[1]:
+        return FAULT_MAINTENANCE
+    if not ma >= valid[0]:             # also catches NaN: a current we could not read is low
+        return FAULT_LOOP_LOW
+    if ma > valid[1]:
+        return FAULT_LOOP_HIGH
+    return None
+
+
+def scale_loop(ma: float, span: tuple[float, float], valid: tuple[float, float] = DEFAULT_VALID_MA,
+               maintenance: tuple[float, float] | None = None) -> tuple[float, str | None]:
     """Loop current -> (value, fault). A failed loop gives (nan, fault code)."""
-    if not ma >= LOOP_LOW_MA:          # also catches NaN: a current we could not read is low
-        return math.nan, FAULT_LOOP_LOW
-    if ma > LOOP_HIGH_MA:
-        return math.nan, FAULT_LOOP_HIGH
+    fault = classify_loop(ma, valid, maintenance)
+    if fault is not None:
+        return math.nan, fault
     lo, hi = span
     value = lo + (ma - 4.0) * (hi - lo) / 16.0
     return min(max(value, lo), hi), None

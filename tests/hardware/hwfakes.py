@@ -10,6 +10,8 @@ from __future__ import annotations
 import ctypes
 import errno
 
+from gpiozero.pins.mock import MockPin
+
 from hal.hardware.sdp810 import crc8
 
 
@@ -37,11 +39,36 @@ class FakeChip:
 
 
 class FakeBus:
-    """One physical I2C bus: the chips on it, NACK injection, a transaction log."""
+    """One physical I2C bus: the chips on it, NACK injection, a transaction log, and the wire's own
+    faults (the bus lock-up of UM10204 section 3.1.16):
 
-    def __init__(self):
+    - `nack_once`: addresses that NACK their next transaction only (a glitch), then answer again.
+    - `timing_out`: addresses whose transfers end in ETIMEDOUT only after `adapter_timeout_ms` on
+      the clock (a slave stretching SCL for ever: the kernel waits for the adapter's timeout, 1 s
+      by default in Linux's I2C core). `hold_scl()`: a slave holds SCL low: every transfer does.
+    - `hold_sda(clocks)`: a slave interrupted mid-byte holds SDA low until it has seen `clocks` SCL
+      pulses (1 to 9). The modelled controller does not start a transfer while SDA is low: every
+      transfer fails EIO and gives no clock; a scan finds nothing.
+    - The lines are wired-AND (open drain, pull-ups): low while anything pulls them low. `pull()`
+      is a GPIO wired onto a line (BusLinePin). A rising SCL edge is one clock for the holding
+      slave; SDA rising while SCL is high is a STOP (`stops`).
+    - `power(False)`: the sensor supply is cut (BusSupplyPin): every chip NACKs, the holds end;
+      `power(True)`: the chips start afresh (their `reset()`, or `power_on()` if they have one).
+    """
+
+    def __init__(self, clock: FakeClock | None = None):
+        self.clock = clock
         self.chips: dict[int, FakeChip] = {}
         self.nacking: set[int] = set()
+        self.nack_once: set[int] = set()
+        self.timing_out: set[int] = set()
+        self.adapter_timeout_ms = 1000
+        self.scl_held = False
+        self.sda_hold_clocks = 0       # > 0: SDA held low until that many more SCL pulses
+        self.pullers: dict[str, set] = {"scl": set(), "sda": set()}
+        self.clocks = 0                # SCL pulses made by GPIOs wired onto the bus
+        self.stops = 0
+        self.powered = True
         self.transactions = 0
         self.bits = 0       # bits on the wire (9 per byte incl. ACK, + start/stop), for the benchmark
 
@@ -49,8 +76,56 @@ class FakeBus:
         self.chips[address] = chip
         return chip
 
+    # -- the wire ---------------------------------------------------------------------------------
+    def hold_sda(self, clocks: int = 9) -> None:
+        self.sda_hold_clocks = clocks
+
+    def hold_scl(self, held: bool = True) -> None:
+        self.scl_held = held
+
+    def level(self, line: str) -> bool:
+        """True: the line is high (nothing pulls it low)."""
+        if self.pullers[line]:
+            return False
+        if line == "scl":
+            return not (self.scl_held and self.powered)
+        return not (self.sda_hold_clocks > 0 and self.powered)
+
+    def pull(self, line: str, who: object, low: bool) -> None:
+        scl_before, sda_before = self.level("scl"), self.level("sda")
+        (self.pullers[line].add if low else self.pullers[line].discard)(who)
+        scl, sda = self.level("scl"), self.level("sda")
+        if scl and not scl_before:
+            self.clocks += 1
+            if self.sda_hold_clocks > 0:
+                self.sda_hold_clocks -= 1          # the slave shifts out one more bit
+        if sda and not sda_before and scl:
+            self.stops += 1
+
+    def power(self, on: bool) -> None:
+        if on and not self.powered:
+            for chip in self.chips.values():
+                start = getattr(chip, "power_on", None) or getattr(chip, "reset", None)
+                if start is not None:
+                    start()
+                if hasattr(chip, "measuring_since"):
+                    chip.measuring_since = None    # an SDP810 starts idle
+        if not on:
+            self.sda_hold_clocks = 0
+            self.scl_held = False
+        self.powered = on
+
     def chip(self, address: int) -> FakeChip:
-        if address in self.nacking or address not in self.chips:
+        if (self.scl_held and self.powered) or address in self.timing_out:
+            if self.clock is not None:
+                self.clock.advance(self.adapter_timeout_ms)   # the kernel waits this long
+            raise OSError(errno.ETIMEDOUT, "Connection timed out")
+        if not self.level("sda"):
+            raise OSError(errno.EIO, "Input/output error")
+        if address in self.nack_once:
+            self.nack_once.discard(address)
+            raise nack()
+        if not self.powered or address in self.nacking or address not in self.chips:
             raise nack()
         return self.chips[address]
 
@@ -104,6 +179,8 @@ class FakeBusioI2C:
 
     def scan(self):
         self._check()
+        if not (self.bus.powered and self.bus.level("sda") and self.bus.level("scl")):
+            return []
         return sorted(a for a in self.bus.chips if a not in self.bus.nacking)
 
     def deinit(self):
@@ -144,12 +221,16 @@ class FakeADS1115(FakeChip):
 
     A single-shot conversion started by writing OS=1 finishes 1/data_rate later on the clock;
     until then OS reads 0. `stuck` makes conversions never finish; `reset()` is a power glitch.
+    An input is measured only up to the supply `vdd` (datasheet SBAS444 section 9.3.3: "with
+    VDD = 3.3 V and FSR = ±4.096 V, only signals up to VIN = ±3.3 V can be measured"; recommended
+    operating conditions: AINx within GND to VDD): a higher input converts as VDD.
     """
 
     RESET_CONFIG = 0x8583
 
-    def __init__(self, clock: FakeClock):
+    def __init__(self, clock: FakeClock, vdd: float = 3.3):
         self.clock = clock
+        self.vdd = vdd
         self.pointer = 0
         self.config = self.RESET_CONFIG
         self.conversion = 0
@@ -158,8 +239,9 @@ class FakeADS1115(FakeChip):
         self.stuck = False
         self.conversions_started = 0
 
-    def set_ma(self, channel: int, ma: float, shunt_ohm: float = 150.0) -> None:
-        self.volts[channel] = ma / 1000.0 * shunt_ohm
+    def set_ma(self, channel: int, ma: float, shunt_ohm: float = 150.0, error: float = 0.0) -> None:
+        """Drive `ma` through the shunt; `error` is the shunt and gain error (0.0025: reads 0.25 % high)."""
+        self.volts[channel] = ma / 1000.0 * shunt_ohm * (1.0 + error)
 
     def reset(self) -> None:
         self.config = self.RESET_CONFIG
@@ -171,10 +253,11 @@ class FakeADS1115(FakeChip):
             self.done_at = None
             mux = (self.config >> 12) & 0x7
             pga = (self.config >> 9) & 0x7
+            pins = [min(max(v, 0.0), self.vdd) for v in self.volts]   # measurable: GND to VDD
             if mux >= 4:
-                v = self.volts[mux - 4]
+                v = pins[mux - 4]
             else:   # differential pairs: only AIN0-AIN1 is needed (the reset default)
-                v = self.volts[0] - self.volts[1]
+                v = pins[0] - pins[1]
             counts = round(v / ADS_FSR[pga] * 32768)
             self.conversion = max(-32768, min(32767, counts)) & 0xFFFF
 
@@ -207,29 +290,69 @@ class FakeADS1115(FakeChip):
 
 # -- MCP9600 ---------------------------------------------------------------------------------
 class FakeMCP9600(FakeChip):
-    """Registers: 0x00 hot junction, 0x02 cold junction, 0x04 status (bit 6 TH update, bit 4
-    input range / open circuit), 0x05 thermocouple config, 0x06 device config, 0x20 device ID.
-    A new conversion sets the TH update flag every `period_ms` of the clock."""
+    """MCP9600 (ID 0x40) / MCP9601 (0x41) after datasheet DS20005426.
 
-    def __init__(self, clock: FakeClock, device_id: int = 0x40, period_ms: int = 80):
+    Registers: 0x00 hot junction TH, 0x02 cold junction TC (register 5-4), 0x04 status (register
+    5-6), 0x05 thermocouple config, 0x06 device config (register 5-8), 0x20 device ID.
+    - Conversions: one every tCONV of the ADC resolution in device config bits 6-5 (table 5-3:
+      18-bit 320 ms, the power-on default; 16-bit 80 ms; 14-bit 20 ms; 12-bit 5 ms), none in
+      shutdown (bits 1-0 = 01). Each one loads TH and sets TH Update (bit 6); bits 7 and 6 are
+      cleared by writing 0, bits 5-0 are read-only.
+    - Input Range (bit 4), section 6.3.3.1 and register 5-6: with the bias resistors of Figure 6-6
+      (`bias`, or an MCP9601 with VSENSE) an open thermocouple (`open_circuit`) pulls the input out
+      of range: bit 4 sets and TH is not updated (register 5-6, bit 4). Without them the open input
+      floats and the chip keeps converting: TH takes `open_celsius`, by default the cold-junction
+      temperature (no EMF). `emf_out_of_range` is an EMF beyond the type's range (a thermocouple on
+      a supply rail): bit 4 with or without bias.
+    - `frozen`: conversions stop. `after_hot_read`: called after each read of TH (a conversion
+      completing between two transactions of one scan: call `convert()` from it).
+    """
+
+    TCONV_MS = (320, 80, 20, 5)    # table 5-3, by ADC resolution bits 6-5
+
+    def __init__(self, clock: FakeClock, device_id: int = 0x40):
         self.clock = clock
         self.device_id = device_id
-        self.period_ms = period_ms
         self.pointer = 0
-        self.celsius = 21.0
-        self.ambient = 22.0
+        self.celsius = 21.0        # the hot junction's real temperature
+        self.ambient = 22.0        # the cold junction (the chip's own temperature)
+        self.th = 0.0              # TH register: the last conversion
         self.status = 0
+        self.bias = True
         self.open_circuit = False
+        self.open_celsius: float | None = None
+        self.emf_out_of_range = False
         self.frozen = False        # conversions stop: the TH flag never sets again
+        self.after_hot_read = None
         self.sensor_config = 0
         self.device_config = 0
+        self.conversions = 0
         self.last_conv = clock.now_ms
 
+    @property
+    def conversion_ms(self) -> int:
+        return self.TCONV_MS[(self.device_config >> 5) & 0x3]
+
+    def convert(self) -> None:
+        """One conversion completes now."""
+        self.conversions += 1
+        if self.emf_out_of_range or (self.open_circuit and self.bias):
+            self.status |= 0x10        # TH not updated
+            return
+        self.status &= ~0x10
+        if self.open_circuit:
+            self.th = self.ambient if self.open_celsius is None else self.open_celsius
+        else:
+            self.th = self.celsius
+        self.status |= 0x40
+
     def _tick(self) -> None:
-        if not self.frozen and self.clock.now_ms - self.last_conv >= self.period_ms:
+        if self.frozen or self.device_config & 0x3 == 0x1:
             self.last_conv = self.clock.now_ms
-            self.status |= 0x40
-        self.status = (self.status & ~0x10) | (0x10 if self.open_circuit else 0)
+            return
+        while self.clock.now_ms - self.last_conv >= self.conversion_ms:
+            self.last_conv += self.conversion_ms
+            self.convert()
 
     @staticmethod
     def _temp_word(celsius: float) -> bytes:
@@ -252,7 +375,9 @@ class FakeMCP9600(FakeChip):
         self._tick()
         p = self.pointer
         if p == 0x00:
-            data = self._temp_word(self.celsius)
+            data = self._temp_word(self.th)
+            if self.after_hot_read is not None:
+                self.after_hot_read()
         elif p == 0x02:
             data = self._temp_word(self.ambient)
         elif p == 0x04:
@@ -271,7 +396,18 @@ class FakeMCP9600(FakeChip):
 # -- SDP810 ----------------------------------------------------------------------------------
 class FakeSDP810(FakeChip):
     """Commands 0x3615 (continuous dp, averaged), 0x3FF9 (stop); answers 9 bytes with CRC-8.
-    Reads NACK while idle or within 8 ms of the start command."""
+
+    After Sensirion's SDP8xx interface description (embedded-i2c-sdp, sdp_i2c.h):
+    - the stop "makes the sensor receptive to another command after 500us": every command and
+      read within 0.5 ms of a stop is NACKed;
+    - a start "must not be resent ... until the stop measurement command has been issued": a
+      start while measuring is NACKed (and listed in `refused`);
+    - "the first measurement result is available after 8ms": reads NACK before, and while idle.
+    `scale` is the part's scale factor (60 per Pa: 500 Pa parts, 240: 125 Pa parts); the dp word
+    saturates at the 16-bit limits. `commands` lists the accepted commands.
+    """
+
+    BUSY_AFTER_STOP_MS = 0.5
 
     def __init__(self, clock: FakeClock, scale: int = 60):
         self.clock = clock
@@ -279,25 +415,34 @@ class FakeSDP810(FakeChip):
         self.pascal = -80.0
         self.celsius = 23.5
         self.measuring_since: int | None = None
+        self.busy_until = -1.0
         self.corrupt_crc = False
         self.commands: list[int] = []
+        self.refused: list[int] = []
 
     def write(self, data: bytes) -> None:
         if len(data) != 2:
             raise nack()
         cmd = data[0] << 8 | data[1]
-        self.commands.append(cmd)
+        if self.clock.now_ms < self.busy_until or (cmd == 0x3615 and self.measuring_since is not None):
+            self.refused.append(cmd)
+            raise nack()
         if cmd == 0x3615:
             self.measuring_since = self.clock.now_ms
         elif cmd == 0x3FF9:
             self.measuring_since = None
+            self.busy_until = self.clock.now_ms + self.BUSY_AFTER_STOP_MS
         else:
+            self.refused.append(cmd)
             raise nack()
+        self.commands.append(cmd)
 
     def read(self, n: int) -> bytes:
-        if self.measuring_since is None or self.clock.now_ms - self.measuring_since < 8:
+        if (self.clock.now_ms < self.busy_until or self.measuring_since is None
+                or self.clock.now_ms - self.measuring_since < 8):
             raise nack()
-        words = (round(self.pascal * self.scale), round(self.celsius * 200), self.scale)
+        dp = max(-32768, min(32767, round(self.pascal * self.scale)))
+        words = (dp, round(self.celsius * 200), self.scale)
         out = bytearray()
         for w in words:
             b = (w & 0xFFFF).to_bytes(2, "big")
@@ -313,8 +458,9 @@ class FakeCellWiring:
 
     def __init__(self, clock: FakeClock | None = None, present: bool = True):
         self.clock = clock or FakeClock()
-        self.bus1 = FakeBus()
-        self.bus3 = FakeBus()
+        self.bus1 = FakeBus(self.clock)
+        self.bus3 = FakeBus(self.clock)
+        self.buses = {1: self.bus1, 3: self.bus3}
         self.i2c = {1: FakeBusioI2C(self.bus1), 3: FakeBusioI2C(self.bus3)}
         self.smbus = {1: FakeSMBus(self.bus1)}
         self.ads = {a: FakeADS1115(self.clock) for a in (0x48, 0x49, 0x4A)}
@@ -365,10 +511,10 @@ def scan(cell, wiring, n=1, step_ms=100):
     return dict(zip(SENSORS, readings, strict=True))
 
 
-def set_loop(wiring, config, sensor, ma):
-    """Drive the 4-20 mA loop of `sensor` to `ma` at its ADC input."""
+def set_loop(wiring, config, sensor, ma, error=0.0):
+    """Drive the 4-20 mA loop of `sensor` to `ma` at its ADC input; `error`: shunt and gain error."""
     hw = config.sensors[sensor].hardware
-    wiring.ads[hw["address"]].set_ma(hw["channel"], ma, hw["shunt_ohm"])
+    wiring.ads[hw["address"]].set_ma(hw["channel"], ma, hw["shunt_ohm"], error)
 
 
 def chip_of(wiring, config, sensor):
@@ -378,3 +524,65 @@ def chip_of(wiring, config, sensor):
     if hw["kind"] == "mcp9600":
         return wiring.mcp[hw["address"]]
     return wiring.sdp
+
+
+# -- GPIOs wired onto the buses (bus recovery, config [i2c.<bus>]) --------------------------------
+class BusLinePin(MockPin):
+    """A GPIO wired onto an I2C line (through its series resistor): an output at low pulls the line
+    low, an output at high or an input lets go (the bus pull-ups win); as an input it reads the line."""
+
+    def __init__(self, factory, info, bus: FakeBus | None = None, line: str = "scl"):
+        super().__init__(factory, info)
+        self.bus, self.line = bus, line
+
+    def _wire(self) -> None:
+        self.bus.pull(self.line, self, self._function == "output" and not self._state)
+
+    def _set_function(self, value):
+        super()._set_function(value)
+        self._wire()
+
+    def _change_state(self, value):
+        changed = super()._change_state(value)
+        if getattr(self, "bus", None) is not None:
+            self._wire()
+        return changed
+
+    def _get_state(self):
+        if self._function == "input":
+            return self.bus.level(self.line)
+        return self._state
+
+
+class BusSupplyPin(MockPin):
+    """A GPIO switching the supply of a bus's chips: cut while it is an output at `cut_level`."""
+
+    def __init__(self, factory, info, bus: FakeBus | None = None, cut_level: bool = True):
+        super().__init__(factory, info)
+        self.bus, self.cut_level = bus, cut_level
+
+    def _apply(self) -> None:
+        self.bus.power(not (self._function == "output" and self._state == self.cut_level))
+
+    def _set_function(self, value):
+        super()._set_function(value)
+        self._apply()
+
+    def _change_state(self, value):
+        changed = super()._change_state(value)
+        if getattr(self, "bus", None) is not None:
+            self._apply()
+        return changed
+
+
+def wire_recovery(factory, wiring, config):
+    """Connect the recovery GPIOs of config [i2c.<bus>] to the fake buses on MockFactory `factory`;
+    call before building the cell (it then gets these pins)."""
+    for bus, w in config.i2c.items():
+        fake = wiring.buses[bus]
+        if w["recovery_scl_pin"] is not None:
+            factory.pin(w["recovery_scl_pin"], pin_class=BusLinePin, bus=fake, line="scl")
+            factory.pin(w["recovery_sda_pin"], pin_class=BusLinePin, bus=fake, line="sda")
+        if w["supply_cut_pin"] is not None:
+            factory.pin(w["supply_cut_pin"], pin_class=BusSupplyPin, bus=fake,
+                        cut_level=not w["supply_cut_active_low"])

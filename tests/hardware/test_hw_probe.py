@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 from gpiozero.pins.mock import MockFactory
@@ -14,6 +17,8 @@ from controller.names import OUTPUTS
 from hal.hardware import HardwareCell
 from hal.hardware.gpio import NoGpio
 from hal.hardware.probe import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Bench:
@@ -40,9 +45,11 @@ class Bench:
             aux = self.factory.pin(self.config.inputs["crusher_running"].pin)
             aux.drive_high() if energised else aux.drive_low()
 
-    def run(self, *argv, stdin="", state_dir=None):
-        args = ["--config", str(CELL_TOML), "--state-dir", str(state_dir or "/nonexistent-crushcell"), *argv]
-        return main(args, open_cell=self.open_cell, stdin=io.StringIO(stdin), out=self.out,
+    def run(self, *argv, stdin="", state_dir=None, open_cell=None):
+        # A fresh state dir by default: `--outputs` takes its lock (no controller runs there).
+        state_dir = state_dir or tempfile.mkdtemp(prefix="crushcell-probe-")
+        args = ["--config", str(CELL_TOML), "--state-dir", str(state_dir), *argv]
+        return main(args, open_cell=open_cell or self.open_cell, stdin=io.StringIO(stdin), out=self.out,
                     clock=self.clock, sleep=self.sleep)
 
     @property
@@ -110,25 +117,48 @@ def test_outputs_refused_without_confirmation():
 
 
 def test_outputs_refused_while_controller_runs(tmp_path):
+    """A real `crushcell run` holds the state dir's lock: the probe must not move its relays."""
+    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--hal", "sim", "--no-mqtt",
+                             "--no-status", "--state-dir", str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "crushcell.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        b = Bench()
+        assert b.run("--outputs", "--yes", state_dir=tmp_path) == 2
+        assert "a controller is running" in b.text and f"pid {proc.pid}" in b.text, b.text
+        assert all(len(b.output_history(n)) == 1 for n in OUTPUTS)     # nothing moved
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def test_a_pid_file_naming_a_live_process_without_the_lock_is_not_a_controller(tmp_path):
+    """After a kill -9 the pid in a stale pid file often belongs to another process: the lock decides."""
     (tmp_path / "crushcell.pid").write_text(f"{__import__('os').getpid()}\n")
     b = Bench()
-    assert b.run("--outputs", "--yes", state_dir=tmp_path) == 2
-    assert "a controller is running" in b.text
-
-
-def test_garbled_pid_file_refuses(tmp_path):
-    (tmp_path / "crushcell.pid").write_text("hello")
-    b = Bench()
-    assert b.run("--outputs", "--yes", state_dir=tmp_path) == 2
-    assert "does not hold a pid" in b.text
-
-
-def test_stale_pid_file_is_not_a_running_controller(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (tmp_path / "crushcell.pid").write_text(str(dead.pid))
-    b = Bench()
     assert b.run("--outputs", "--yes", state_dir=tmp_path) == 0, b.text
+
+
+def test_a_controller_cannot_start_while_the_probe_moves_outputs(tmp_path):
+    """The probe holds the lock while it runs: a controller started meanwhile is refused."""
+    seen: list[subprocess.CompletedProcess] = []
+    b = Bench()
+
+    def start_controller(config):
+        argv = [sys.executable, "-m", "controller.cli", "run", "--hal", "sim", "--no-mqtt", "--no-status",
+                "--duration", "1", "--state-dir", str(tmp_path)]
+        seen.append(subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60))
+        return b.open_cell(config)
+
+    assert b.run("--outputs", "--yes", state_dir=tmp_path, open_cell=start_controller) == 0, b.text
+    assert seen[0].returncode == 2 and "another controller" in seen[0].stderr, seen[0].stderr
+    # ... and once the probe has ended, the controller starts.
+    after = subprocess.run([sys.executable, "-m", "controller.cli", "run", "--hal", "sim", "--no-mqtt",
+                            "--no-status", "--duration", "0.5", "--state-dir", str(tmp_path)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert after.returncode == 0, after.stderr
 
 
 def test_outputs_loop_check_with_typed_cell_id():

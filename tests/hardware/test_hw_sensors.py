@@ -67,7 +67,7 @@ def test_config_word_matches_the_datasheet():
 
 @pytest.mark.parametrize("ma, value, fault", [
     (4.0, 0.0, None), (20.0, 25.0, None), (12.0, 12.5, None),
-    (3.7, 0.0, None),          # NE43 saturated low: clamped to span low
+    (3.7, None, "loop_low"),   # below NE43's 3.8 mA measuring band: a fault on a gas channel
     (20.7, 25.0, None),        # NE43 saturated high: clamped to span high
     (2.0, None, "loop_low"), (3.5, None, "loop_low"), (0.0, None, "loop_low"),
     (22.0, None, "loop_high"), (21.2, None, "loop_high"),
@@ -170,17 +170,18 @@ def test_chip_reset_is_a_device_fault_not_a_wrong_channel(cell, wiring):
 
 
 def test_open_thermocouple(cell, wiring):
-    assert scan(cell, wiring, 2)["temp_material"].fault is None
-    wiring.mcp[0x61].open_circuit = True
-    r = scan(cell, wiring, 1)
+    assert scan(cell, wiring, 4)["temp_material"].fault is None
+    wiring.mcp[0x61].open_circuit = True          # bias network fitted (the reference wiring)
+    r = scan(cell, wiring, 4)                     # the next 320 ms conversion sees it
     assert r["temp_material"].fault == "open_circuit" and math.isnan(r["temp_material"].value)
     assert r["temp_gas"].fault is None
     wiring.mcp[0x61].open_circuit = False
-    assert scan(cell, wiring, 1)["temp_material"].fault is None
+    assert scan(cell, wiring, 4)["temp_material"].fault is None
 
 
 def test_frozen_amplifier_goes_stale_then_times_out(cell, wiring):
-    good = scan(cell, wiring, 2)["temp_gas"]
+    good = scan(cell, wiring, 4)["temp_gas"]
+    assert good.fault is None and good.t_ms != 0
     wiring.mcp[0x60].frozen = True
     r = scan(cell, wiring, 10)["temp_gas"]
     assert r == good                            # no new conversion: same sample, same t_ms
