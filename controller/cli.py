@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from controller import __version__
+from controller import __version__, journald
 
 DEFAULT_CONFIG = os.environ.get("CRUSHCELL_CONFIG", "config/cell.toml")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -103,7 +103,9 @@ def status_line(snap: Any) -> str:
     return " | ".join(parts)
 
 
-LOGGED_EVENTS = ("state", "trip", "command", "alarm", "sensor", "scenario", "config", "persist")
+BUS_RECOVERED_HOLD_S = 60.0   # i2c_bus_recovered stays active this long after a recovery
+LOGGED_EVENTS = ("state", "trip", "command", "alarm", "sensor", "scenario", "config", "persist", "stall",
+                 "end")
 
 
 class Pump(threading.Thread):
@@ -123,6 +125,10 @@ class Pump(threading.Thread):
         self.last_status = 0.0
         self.persister = persister        # latch file, event numbers, audit journal (controller.persist)
         self.calibration = calibration    # calibration records -> loop (controller.calibration)
+        self.journal_prefix = journald.stream_is_journal(sys.stderr)   # <3>, <4>, <6> for journalctl -p
+        self.failures = 0                 # flushes that raised (each reported once per kind)
+        self._recoveries_seen = 0         # I2C bus recoveries already raised as an alarm
+        self._failure_kinds: set[str] = set()
 
     def run(self) -> None:
         wake = self.loop.wake
@@ -130,11 +136,31 @@ class Pump(threading.Thread):
             # Woken by the scan loop as soon as events wait; otherwise every period for the status line.
             wake.wait(self.period_s)
             wake.clear()
+            self.safe_flush()
+        self.safe_flush()
+
+    def safe_flush(self) -> None:
+        """flush(), and whatever goes wrong in it, the pump lives on: a dead pump would stop the
+        latch file, the journal, stderr and MQTT for good while the cell runs."""
+        try:
             self.flush()
-        self.flush()
+        except Exception as exc:   # noqa: BLE001 - reported, counted, and the pump runs on
+            self.failures += 1
+            kind = type(exc).__name__
+            if kind not in self._failure_kinds:
+                self._failure_kinds.add(kind)
+                try:
+                    text = f"crushcell: the event pump failed ({kind}: {exc}); it runs on"
+                    print((journald.prefix(journald.ERR) if self.journal_prefix else "") + text,
+                          file=sys.stderr, flush=True)
+                    traceback.print_exc()
+                except Exception:   # noqa: BLE001 - stderr itself may be what fails
+                    pass
 
     def flush(self) -> None:
         loop = self.loop
+        loop.expire_platform_alarms()
+        self._bus_alarms()
         events = loop.drain_events()
         if self.persister is not None:
             self.persister.handle(events)   # numbers them (seq), journals, writes the latch
@@ -145,7 +171,10 @@ class Pump(threading.Thread):
                 self.events_file.write(events)
             for e in events if self.echo else ():
                 if e["type"] in LOGGED_EVENTS:
-                    self._print(json.dumps(e, separators=(",", ":"), default=str), sys.stderr)
+                    line = json.dumps(e, separators=(",", ":"), default=str)
+                    if self.journal_prefix:
+                        line = journald.prefix(journald.event_priority(e)) + line
+                    self._print(line, sys.stderr)
             if self.link is not None:
                 for e in events:
                     self.link.offer_event(e)
@@ -157,6 +186,19 @@ class Pump(threading.Thread):
             if snap is not None:
                 sys.stdout.write("\r\033[K" + status_line(snap)[:200])
                 sys.stdout.flush()
+
+    def _bus_alarms(self) -> None:
+        """I2C lock-ups the hardware backend counts (its sensors are already faulted: worst case)."""
+        io = self.loop.io
+        stuck = getattr(io, "buses_stuck", None)
+        if stuck is None:
+            return
+        self.loop.set_platform_alarm("i2c_bus_stuck", bool(stuck()))
+        recovered = sum(int(r.get("cleared", 0)) + int(r.get("power_cycles", 0))
+                        for r in io.bus_recoveries().values())
+        if recovered > self._recoveries_seen:
+            self.loop.raise_platform_alarm("i2c_bus_recovered", BUS_RECOVERED_HOLD_S)
+        self._recoveries_seen = recovered
 
     def _print(self, text: str, stream: Any) -> None:
         if self.show_status:
@@ -171,7 +213,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     faulthandler.enable()   # a watchdog abort prints every thread's stack to the journal
     config = _load_config(args.config)
-    if args.speed <= 0 or args.speed > 1000:
+    if args.hal is None:
+        args.hal = config.hal_backend
+    if args.duration is not None and not 0 < args.duration < float("inf"):   # also refuses nan
+        raise UsageError(f"--duration {args.duration} must be a number of seconds above 0")
+    if not 0 < args.speed <= 1000:   # also refuses nan
         raise UsageError(f"--speed {args.speed} must be above 0 and at most 1000")
     if args.speed != 1.0 and args.hal != "sim":
         raise UsageError("--speed only applies to the simulated cell (--hal sim)")
@@ -191,8 +237,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         io = hal.open_backend(args.hal, config, **options)
     except ImportError as exc:
         _release_pidfile(pidfile)
+        hint = (" Without a board (a laptop, a training board): --hal sim, or [hal] backend = \"sim\" "
+                f"in {args.config}." if args.hal == "hardware" else "")
         raise UsageError(f"the {args.hal} backend needs a package that is not installed: {exc}. "
-                         "Install with: pip install 'crushcell[hardware]'") from None
+                         "Install with: pip install 'crushcell[hardware]'." + hint) from None
     try:
         return serve(args, config, io, scenario)
     finally:
@@ -232,13 +280,17 @@ def serve(args: argparse.Namespace, config: Any, io: Any, scenario: Any = None) 
         loop.events.extend(start_records)
         pump.start()
 
+        stopped_by: list[int] = []
+
         def on_signal(signum: int, _frame: Any) -> None:
-            if notifier is not None:
+            if not stopped_by:
+                stopped_by.append(signum)
+                if signum == signal.SIGQUIT:
+                    faulthandler.dump_traceback(all_threads=True)   # quit with a diagnosis
                 notifier.stopping()
             loop.stop()
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        install_signal_handlers(on_signal)
         player = sc.Player(scenario, loop) if scenario else None
         duration = args.duration
         if duration is None and scenario is not None:
@@ -246,7 +298,8 @@ def serve(args: argparse.Namespace, config: Any, io: Any, scenario: Any = None) 
         try:
             loop.run_realtime(duration_s=duration, speed=args.speed, before_scan=player)
         finally:
-            loop.events.append(sc.end_record(loop))
+            why = {"signal": signal_name(stopped_by[0])} if stopped_by else {}
+            loop.events.append(sc.end_record(loop, **why))
             pump.done.set()
             loop.wake.set()
             pump.join(timeout=5)
@@ -259,7 +312,63 @@ def serve(args: argparse.Namespace, config: Any, io: Any, scenario: Any = None) 
                 print()
     finally:
         io.force_safe()   # whatever ended the loop: signal, duration, exception
+    if stopped_by and stopped_by[0] not in (signal.SIGTERM, signal.SIGINT):
+        # Not a stop anyone asked for: exit as the signal would have (128 + N), so that systemd's
+        # Restart=on-failure starts the controller again (the latch is kept).
+        return 128 + stopped_by[0]
     return EXIT_OK
+
+
+# Signals whose default action would end the process with the outputs as they were, and what
+# crushcell does instead (docs/safety.md "Signals"). Faults of the process itself (SIGSEGV,
+# SIGBUS, SIGFPE, SIGILL, SIGABRT) stay with faulthandler: it dumps every thread's stack and the
+# process dies; the external watchdog relay drops the outputs. SIGKILL and SIGSTOP cannot be
+# caught (a stop is caught by the stall trip when the process continues, and by the watchdogs).
+DIAGNOSE_SIGNALS = ("SIGUSR1",)          # dump every thread's stack to stderr, run on
+IGNORED_SIGNALS = ("SIGPIPE", "SIGXFSZ")  # the failing write reports EPIPE / EFBIG instead
+NOT_STOPS = ("SIGKILL", "SIGSTOP", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT", "SIGCHLD",
+             "SIGCONT", "SIGURG", "SIGWINCH") + DIAGNOSE_SIGNALS + IGNORED_SIGNALS
+
+
+def signal_name(signum: int) -> str:
+    """SIGHUP, ..., and SIGRTMIN+N for the real-time signals (they have no names)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+
+
+def stop_signals() -> list[signal.Signals]:
+    """Every signal that stops the controller safely: each one that would otherwise end (or, for
+    SIGTSTP, SIGTTIN and SIGTTOU, suspend) the process, real-time signals included."""
+    out = []
+    for sig in sorted(signal.valid_signals()):
+        try:
+            s = signal.Signals(sig)
+        except ValueError:
+            name = None
+        else:
+            name = s.name
+        if name is None:
+            if signal.SIGRTMIN <= sig <= signal.SIGRTMAX:
+                out.append(sig)
+            continue
+        if name not in NOT_STOPS:
+            out.append(s)
+    return out
+
+
+def install_signal_handlers(on_stop: Any) -> None:
+    """Stop signals call `on_stop`; SIGUSR1 dumps the stacks; SIGPIPE and SIGXFSZ are ignored."""
+    for sig in stop_signals():
+        try:
+            signal.signal(sig, on_stop)
+        except (OSError, ValueError):   # a signal this kernel or runtime does not let us catch
+            pass
+    for name in IGNORED_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    for name in DIAGNOSE_SIGNALS:
+        faulthandler.register(getattr(signal, name), all_threads=True, chain=False)
 
 
 def _open_state(args: argparse.Namespace, config: Any, loop: Any) -> tuple[Any, Any]:
@@ -267,10 +376,9 @@ def _open_state(args: argparse.Namespace, config: Any, loop: Any) -> tuple[Any, 
     from controller.calibration import Tracker
     from controller.persist import Persister
 
-    try:
-        persister = Persister(args.state_dir, loop, config)
-    except OSError as exc:
-        raise UsageError(f"cannot use state dir {args.state_dir}: {exc.strerror or exc}") from None
+    # Never refuses to start: a state dir that cannot be written (read-only, full) leaves the safety
+    # loop running with `state_write_failed` active (start refused) while the persister retries.
+    persister = Persister(args.state_dir, loop, config, events_path=getattr(args, "events", None))
     tracker = Tracker(args.state_dir, config, loop, always=getattr(args, "hal", "sim") == "hardware")
     return persister, tracker
 
@@ -287,6 +395,11 @@ def _claim_pidfile(state_dir: str) -> tuple[Path, int]:
     after a kill -9 was refused). The kernel drops a flock when its process dies however it
     dies, so a dead controller never blocks a new one and a live one always does. The lock file
     is never deleted (deleting it would let two processes lock two different files).
+
+    A full or read-only state dir must not keep the safety loop from running (the persister
+    then raises state_write_failed, which refuses `start`): the lock file is opened read-only
+    when it cannot be opened for writing (a flock needs no write access), the pid is written
+    only where it can be, and a read-only dir that never had a lock file is locked itself.
     """
     import fcntl
 
@@ -294,31 +407,53 @@ def _claim_pidfile(state_dir: str) -> tuple[Path, int]:
     lock_path, path = folder / LOCK_FILE, folder / PID_FILE
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        raise UsageError(f"cannot use state dir {state_dir}: {exc.strerror or exc}") from None
+        if not folder.is_dir():
+            raise UsageError(f"cannot use state dir {state_dir}: {exc.strerror or exc}") from None
+    fd, what = _open_lock(folder, lock_path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         try:
-            other = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            other = os.pread(fd, 32, 0).decode("ascii", "replace").strip() if what == lock_path else ""
         except OSError:
             other = ""
         os.close(fd)
         if isinstance(exc, BlockingIOError):
             who = f"pid {other}" if other.isdigit() else "another process"
             raise UsageError(f"another controller ({who}) already runs with state dir {state_dir}: it "
-                             f"holds {lock_path}. Two controllers must never drive one cell; stop that "
+                             f"holds {what}. Two controllers must never drive one cell; stop that "
                              "one first (systemctl stop crushcell) or give a different --state-dir") from None
-        raise UsageError(f"cannot lock {lock_path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot lock {what}: {exc.strerror or exc}") from None
+    mine = f"{os.getpid()}\n"
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        path.write_text(f"{os.getpid()}\n")   # replaces any stale one: the lock says it is ours
-    except OSError as exc:
-        os.close(fd)
-        raise UsageError(f"cannot use state dir {state_dir}: {exc.strerror or exc}") from None
+        os.pwrite(fd, mine.encode("ascii"), 0)
+    except OSError:
+        pass   # read-only or full: the lock is what decides; the pid is only for people
+    try:
+        path.write_text(mine)   # replaces any stale one: the lock says it is ours
+    except OSError:
+        pass
     return path, fd
+
+
+def _open_lock(folder: Path, lock_path: Path) -> tuple[int, Path]:
+    """The lock file for writing; else read-only; else (never created, read-only dir) the dir."""
+    try:
+        return os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), lock_path
+    except OSError as first:
+        try:
+            return os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC), lock_path
+        except FileNotFoundError:
+            try:
+                return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), folder
+            except OSError:
+                pass
+        except OSError:
+            pass
+        raise UsageError(f"cannot use state dir {folder}: cannot open {lock_path}: "
+                         f"{first.strerror or first}") from None
 
 
 def _release_pidfile(claim: tuple[Path, int]) -> None:
@@ -346,9 +481,28 @@ def _start_link(args: argparse.Namespace, config: Any, loop: Any) -> Any:
         return None
     try:
         link = PlantLink(config, loop, broker=args.broker, state_dir=args.state_dir)
-    except (LinkConfigError, OutboxError) as exc:
+    except LinkConfigError as exc:
         raise UsageError(str(exc)) from None
-    link.start()
+    except OutboxError as exc:
+        link, why, path, moved_to = None, f"running without the MQTT plant link: {exc}", None, None
+    else:
+        # Corrupt or unopenable at start: moved aside, or kept in memory (controller/link/outbox.py).
+        why, path, moved_to = link.outbox.reset, link.outbox.path, link.outbox.moved_to
+    if why is not None:
+        # The outbox is not safety state: the cell runs on, with a warning alarm for an hour and a
+        # persist event that names the file (and where the old one went).
+        print(f"crushcell: WARNING: {why}", file=sys.stderr)
+        raise_alarm = getattr(loop, "raise_platform_alarm", None)
+        if callable(raise_alarm):
+            raise_alarm("outbox_reset", 3600.0)
+        event: dict[str, Any] = {"t": loop.core.now / 1000.0, "type": "persist", "error": why}
+        if path is not None:
+            event["file"] = path
+        if moved_to is not None:
+            event["moved_to"] = moved_to
+        loop.record_event(event)
+    if link is not None:
+        link.start()
     return link
 
 
@@ -426,7 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the controller in real time")
     run.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help="plant configuration")
-    run.add_argument("--hal", choices=("sim", "hardware"), default="sim", help="backend (default: sim)")
+    run.add_argument("--hal", choices=("sim", "hardware"), default=None,
+                     help="backend (default: the config's [hal] backend, hardware if absent)")
     run.add_argument("--scenario", metavar="PATH", help="play a scenario on the simulated cell")
     run.add_argument("--speed", type=float, default=1.0, metavar="X",
                      help="simulated cell only: run X times faster than real time")

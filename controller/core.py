@@ -4,6 +4,15 @@ MicroPython-compatible subset (no typing, dataclasses, enum) so the same file ru
 under the MicroPython unix port. `Core.step()` is deterministic: no I/O, no clock reads; the caller
 passes the time, the readings, the inputs and the commands.
 
+Time: the caller passes its raw clock in ms (CPython: monotonic ms; MicroPython: `time.ticks_ms()`,
+which wraps at 2**30 on most ports). `step()` turns it into the core's own time, `self.now`, once:
+the difference to the previous raw value is taken modulo 2**30 and signed like `time.ticks_diff`
+(`controller.health.ticks_diff`); a negative difference is a clock that stepped back and counts as
+no time passed. So `self.now` never decreases and every timer of the core and its modules
+(self-test, holds, run-down, reset hold, vote recovery, feedback, staleness, stuck, rates of rise)
+subtracts only these times: a backward step delays a timer by at most one scan, a wrap by none.
+A forward step of 2**29 ms (6.2 days) or more between two scans reads as a backward step.
+
 Where to look: the rules are tables in `controller.rules`, the O2 vote in `controller.voting`,
 sensor health and rates of rise in `controller.health`, the feedback integrator in
 `controller.feedback`, the parameter envelopes in `controller.envelope`. This module executes
@@ -12,7 +21,7 @@ them, in the order of `step()`.
 
 from controller.envelope import check_params
 from controller.feedback import DiscrepancyWindow
-from controller.health import RiseDetector, SensorHealth
+from controller.health import RiseDetector, SensorHealth, ticks_diff
 from controller.names import (
     CALIBRATED_SENSORS,
     COMMANDS,
@@ -57,6 +66,7 @@ from controller.rules import (  # noqa: F401  (re-exported: the core's public ta
     LEVEL_TRIPS,
     OPERATING,
     PERMISSIVES,
+    PLATFORM_ALARM_NAMES,
     PURGING,
     READY,
     RISE_TRIPS,
@@ -83,6 +93,8 @@ A_O2_ONE_HIGH, A_INERTING = _A["o2_one_high"], _A["inerting_failed"]
 A_DP, A_TEMP_RISE, A_N2, A_RTO = _A["dp_cell"], _A["temp_rise"], _A["n2_supply"], _A["rto_not_ready"]
 A_INPUT = tuple(_A["input_fault:" + n] for n in INPUTS)
 A_CALIBRATION = {s: _A["calibration_due:" + s] for s in CALIBRATED_SENSORS}
+A_PLATFORM = {n: _A[n] for n in PLATFORM_ALARM_NAMES}
+A_STATE_WRITE, A_CLOCK = _A["state_write_failed"], _A["clock_implausible"]
 C_O2_HIGH, C_VOTE_LOST, C_ESTOP, C_DOOR = _C["o2_high"], _C["o2_vote_lost"], _C["estop"], _C["door_open"]
 C_FEEDBACK, C_DROPPED, C_WRITE = _C["output_feedback:crusher"], _C["contactor_dropped"], _C["output_write"]
 C_OVERRUN, C_PURGE_TIMEOUT, C_SELF_TEST = _C["scan_overrun"], _C["purge_timeout"], _C["self_test"]
@@ -117,7 +129,9 @@ def validate(params):
 class Core:
     """One crushing cell's safety logic. Create once; call `step()` every scan."""
 
-    def __init__(self, params, start_ms=0):
+    def __init__(self, params, start_ms=0, clock_ms=None):
+        """start_ms: the core's time at creation (events' "t" counts from it); clock_ms: the raw
+        clock at creation (default start_ms), e.g. `Core(params, 0, time.ticks_ms())`."""
         problems = validate(params)
         if problems:
             raise ParameterError("unsafe core parameters: " + "; ".join(problems))
@@ -168,7 +182,8 @@ class Core:
         # -- mutable state ------------------------------------------------------------------
         self.state = BOOT
         self.state_since = start_ms
-        self.now = start_ms
+        self.now = start_ms                # the core's time (ms): never decreases
+        self.clock_ms = start_ms if clock_ms is None else clock_ms   # the raw clock at the last step
         self.events = []                   # event dicts, drained by the caller
         self.command_results = []          # (accepted, reason) per command of the last step
         self.latched = []                  # cause indices of the latched trip, in order
@@ -197,6 +212,7 @@ class Core:
         self.alarm_sbit = 0                # the state bit alarms were last judged in
         self.calibration_due = ()          # alarm indices of sensors due (given by the loop)
         self.calibration_overdue = ()      # names overdue beyond the grace: `start` is refused
+        self.platform_alarms = ()          # alarm indices the loop reports about the board
         self.restored_acks = []            # alarm indices acknowledged before a restart
         self.restored_trip_acked = False
         self.persist_gen = 0               # bumped when what survives a restart changes
@@ -239,6 +255,13 @@ class Core:
         self.calibration_due = tuple(A_CALIBRATION[n] for n in due if n in A_CALIBRATION)
         self.calibration_overdue = tuple(n for n in overdue if n in A_CALIBRATION)
 
+    def set_platform_alarms(self, names=()):
+        """Board faults the loop reports (disk, clock, files): each an alarm while it is named here.
+
+        The core reads no file and no wall clock; the persister and the loop judge them.
+        """
+        self.platform_alarms = tuple(A_PLATFORM[n] for n in names if n in A_PLATFORM)
+
     def ack_state(self):
         """(trip acknowledged, names of active alarms acknowledged): what a restart must keep."""
         return (self.trip_acked, [ALARMS[k][0] for k in range(len(ALARMS))
@@ -248,13 +271,20 @@ class Core:
     def step(self, now, readings, inputs, commands=(), overruns=0, write_ok=True):
         """Judge one scan and return the outputs (a list in OUTPUTS order).
 
-        readings: sequence of (value, fault, t_ms) in SENSORS order.
+        now: the raw clock (ms), wrapping or stepping back as it may (see the module's "Time").
+        readings: sequence of (value, fault, t_ms) in SENSORS order, t_ms on the same raw clock.
         inputs: sequence of bool or None (failed read) in INPUTS order; the HAL latches falling
         edges of estop_ok and door_closed between reads.
         commands: sequence of (action, source[, by]); results land in self.command_results.
         overruns: consecutive late scans so far; write_ok: whether the last write succeeded.
         """
-        self.now = now
+        # The raw clock, once, into the core's time: wrap-safe, and a backward step adds nothing.
+        raw = now
+        d = ticks_diff(raw, self.clock_ms)
+        self.clock_ms = raw
+        if d > 0:
+            self.now += d
+        now = self.now
         if self.command_results:
             self.command_results = []
         ev = self.events
@@ -265,7 +295,7 @@ class Core:
         changed = self.changed
         del changed[:]
         h = self.health
-        h.update(now, readings, changed)
+        h.update(now, readings, changed, raw)
         for i in changed:
             ev.append({"t": now / 1000.0, "type": "sensor", "name": SENSORS[i], "quality": h.quality[i]})
         val = h.value
@@ -390,6 +420,8 @@ class Core:
 
         for k in self.calibration_due:
             alarm[k] = True   # a gas sensor not bump-tested or calibrated in time may read wrong
+        for k in self.platform_alarms:
+            alarm[k] = True   # the board: a latch that cannot be written, a clock not to trust
 
         # 8. Alarms: events on change; the horn sounds until acknowledged. ------------------
         self._update_alarms(alarm, sbit)
@@ -443,10 +475,9 @@ class Core:
         rsi, rwarn = self.rto
         if not ok[rsi] or val[rsi] >= rwarn:
             classes |= FX_RTO            # the RTO inlet is (or may be) flammable
-        last = self.last_active
-        now = self.now
+        hits = self.hits   # this scan's (not "last active at this time": a scan may add no time)
         dsi = self.dp[0]
-        if not ok[dsi] or last[C_DP_HIGH] == now or last[C_DP_RISE] == now:
+        if not ok[dsi] or C_DP_HIGH in hits or C_DP_RISE in hits:
             classes |= FX_OVERPRESSURE   # the cell is (or may be) over-pressured
         if not di[IN_DOOR]:
             classes |= FX_DOOR           # a person may be at the open door
@@ -729,6 +760,18 @@ class Core:
         if self.permissive_losses >= self.permissive_loss_limit:
             return ("inerting_failed: READY lost its O2 permissive " + str(self.permissive_losses)
                     + " times; find the leak, then acknowledge at the local panel")
+        return None
+
+    def _p_state_writable(self, source):
+        if A_STATE_WRITE in self.platform_alarms:
+            return ("state_write_failed: the latch file cannot be written, so a power cut could lose "
+                    "a trip; free space or fix the state dir (the controller retries by itself)")
+        return None
+
+    def _p_clock(self, source):
+        if A_CLOCK in self.platform_alarms:
+            return ("clock_implausible: the wall clock is earlier than the newest record or the build; "
+                    "set the time (NTP or an RTC) so calibration dates can be trusted")
         return None
 
     def _p_no_alarm(self, source):

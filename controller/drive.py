@@ -411,6 +411,12 @@ def permissive_recipes(p: dict[str, Any]) -> dict[str, PermissiveRecipe]:
         "calibration_in_date": PermissiveRecipe(
             "READY", lambda d: d.core.set_calibration((overdue,), (overdue,)),
             lambda d: (d.core.set_calibration((), ()), ack_local(d)), settle_ms=off_delay),
+        "state_writable": PermissiveRecipe(
+            "READY", lambda d: d.core.set_platform_alarms(("state_write_failed",)),
+            lambda d: (d.core.set_platform_alarms(()), ack_local(d)), settle_ms=off_delay),
+        "clock_plausible": PermissiveRecipe(
+            "READY", lambda d: d.core.set_platform_alarms(("clock_implausible",)),
+            lambda d: (d.core.set_platform_alarms(()), ack_local(d)), settle_ms=off_delay),
         "reset_source": PermissiveRecipe(
             "TRIPPED", lambda d: d.run_until(lambda x: False, tm["reset_hold_s"] + MARGIN_MS),
             lambda d: None, "remote", "local",

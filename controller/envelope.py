@@ -39,6 +39,8 @@ STUCK = "(P) a stuck sensor must be found within 10 minutes"
 ENVELOPES = (
     ("cell.scan_period_s", 0.02, 1.0, "software budget: 100 ms default, down to 20 ms; max (P)"),
     ("cell.overrun_trip_count", 1, 100, P),
+    ("cell.late_scan_trip_periods", 2.0, 100.0, "(P) one scan that starts this many periods late trips "
+     "scan_overrun: 5 periods (0.5 s) matches overrun_trip_count; below 2 a normal wake-up jitter trips"),
     ("cell.permissive_loss_limit", 1, 10, "a cell that keeps losing its permissive (P: 3 cycles); " + P),
 
     ("timers.self_test_s", 0.1, 60.0, P),

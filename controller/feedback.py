@@ -4,6 +4,9 @@ Why integrated: a timer that restarts on every agreeing scan is defeated by chat
 toggling at 5 Hz never disagrees for 2 s in a row) and by intermittent drop-outs (off 1.9 s of
 every 4 s). Summing the time in discrepancy over a window catches both, and a steady discrepancy
 (a welded contactor) still trips after the same time as before.
+
+Time: `now` is the core's time (ms), which never decreases whatever the raw clock does (wraps,
+backward steps: `Core.step` absorbs them); a time that went back would empty the window.
 """
 
 SLOTS = 20   # the window in 20 slots: the sum is exact to one slot (window / 20)

@@ -8,7 +8,26 @@ time even though no peer moved either: the three O2 transmitters share an ADC, a
 and a common-cause freeze must not pass as "all three agree". The noise floor this assumes: a
 live transmitter moves by more than one count (`resolution`) within the frozen time.
 The verdict is a short string so it can travel to the event log unchanged.
+
+Time: `now` is the core's time (ms), which never decreases (`Core.step` makes it from the raw
+clock); every timer here subtracts only such times. A reading's `t_ms` is on the raw clock, which
+may wrap or step back: its age is taken once, when the sample is first seen (`ticks_diff`), and
+counts on the core's time from then. A sample stamped after the raw clock's now (taken before the
+clock stepped back) counts as new when first seen, then ages like any other: never fresh forever,
+never stale at once.
 """
+
+TICKS_PERIOD = 1 << 30             # time.ticks_ms() wraps here on most MicroPython ports
+TICKS_HALF = TICKS_PERIOD >> 1
+
+
+def ticks_diff(a, b):
+    """a - b on a raw clock that wraps at 2**30 ms, signed like MicroPython's time.ticks_diff.
+
+    In [-2**29, 2**29): exact for any clock whose period is a multiple of 2**30 (a CPython int
+    never wraps) while the true difference stays inside that range.
+    """
+    return ((a - b + TICKS_HALF) % TICKS_PERIOD) - TICKS_HALF
 
 GOOD = "good"
 Q_NAN = "fault:nan"
@@ -35,6 +54,8 @@ class SensorHealth:
         self.healthy = [True] * n          # judged on the first update; events only on change
         self.ref_v = [None] * n          # value at the last movement beyond one count
         self.ref_t = [0] * n             # time of that movement
+        self.stamp = [None] * n          # t_ms (raw clock) of the sample last seen
+        self.born = [0] * n              # the core's time of that sample: its age is now - born
         # peers[i]: indices of the sensors voted with i (stuck needs a moving peer), or ()
         peers = [()] * n
         for group in peer_groups:
@@ -46,8 +67,16 @@ class SensorHealth:
         self.n_bad = 0                   # how many sensors are unhealthy now
         self.fault_cache = {}            # backend fault code -> "fault:<code>", built once
 
-    def update(self, now, readings, changed):
-        """Judge every reading; append the index of each sensor whose quality changed."""
+    def update(self, now, readings, changed, raw=None):
+        """Judge every reading; append the index of each sensor whose quality changed.
+
+        now: the core's time (ms, never decreasing); raw: the raw clock the readings' t_ms are on
+        (default: now, for a caller whose clock neither wraps nor steps back).
+        """
+        if raw is None:
+            raw = now
+        stamp = self.stamp
+        born = self.born
         quality = self.quality
         healthy = self.healthy
         ref_v = self.ref_v
@@ -59,7 +88,16 @@ class SensorHealth:
         for r, lo, hi, stale, res in zip(readings, self.low, self.high, self.stale_ms, self.res):
             v = r[0]
             value[i] = v
-            if r[1] is None and lo <= v <= hi and now - r[2] <= stale:   # NaN fails lo <= v
+            t = r[2]
+            if t != stamp[i]:
+                # A new sample: its age now, on the raw clock; from then on it ages on ours.
+                stamp[i] = t
+                if t == raw:
+                    born[i] = now
+                else:
+                    age = ticks_diff(raw, t)
+                    born[i] = now - age if age > 0 else now   # "from the future": counts from now
+            if r[1] is None and lo <= v <= hi and now - born[i] <= stale:   # NaN fails lo <= v
                 rv = ref_v[i]
                 if rv is None or v - rv > res or rv - v > res:
                     ref_v[i] = v
@@ -121,6 +159,10 @@ class RiseDetector:
     period a slot stretches to the scan, and dividing by the nominal window would overstate the
     rate. It is refreshed once per slot (window / 10). Until the window has filled, the rise so far
     is divided by the whole window (a young rate never overstates).
+
+    Sample times are kept as an integer base per slot plus a small float offset: a float sum of
+    absolute times would lose the milliseconds after days of uptime (sooner with the single
+    precision floats of many MicroPython boards).
     """
 
     def __init__(self, window_ms, per_s, slots=10):
@@ -130,7 +172,9 @@ class RiseDetector:
         self.window_s = self.window_ms / 1000.0
         self.per_ms = per_s * 1000.0            # a rise per ms, in units per `per_s`
         self.ring = [0.0] * self.slots
-        self.tring = [0.0] * self.slots         # mean sample time of each slot, ms
+        self.tbase = [0] * self.slots           # time of each slot's first sample, ms
+        self.tring = [0.0] * self.slots         # mean sample time of each slot after its tbase, ms
+        self.base = 0                           # time of the current slot's first sample
         self.idx = 0
         self.filled = 0
         self.next_t = 0
@@ -153,14 +197,18 @@ class RiseDetector:
             self.tacc = 0.0
             self.count = 0
             self.next_t = now + self.period
+        if not self.count:
+            self.base = now
         self.acc += v
-        self.tacc += now
+        self.tacc += now - self.base
         self.count += 1
         if now >= self.next_t:
             ring = self.ring
             tring = self.tring
+            tbase = self.tbase
             idx = self.idx
             ring[idx] = self.acc / self.count
+            tbase[idx] = self.base
             tring[idx] = self.tacc / self.count
             idx = (idx + 1) % self.slots
             self.idx = idx
@@ -175,7 +223,7 @@ class RiseDetector:
             if self.filled >= 2:
                 # ring[idx] is the oldest slot once full; the newest is just behind idx.
                 old = idx if self.filled == self.slots else (idx - self.filled) % self.slots
-                span = tring[idx - 1] - tring[old]
+                span = (tbase[idx - 1] - tbase[old]) + (tring[idx - 1] - tring[old])
                 if self.filled < self.slots and span < self.window_ms:
                     span = self.window_ms
                 if span > 0:

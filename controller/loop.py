@@ -19,6 +19,7 @@ from typing import Any
 
 from controller.core import Core
 from controller.names import INPUTS, OUTPUTS, SENSORS
+from controller.rules import BOOT, PLATFORM_ALARM_NAMES
 
 EVENT_QUEUE_MAX = 100_000   # events waiting for the pump; past it the oldest are dropped (counted)
 COMMAND_QUEUE_MAX = 1_000   # commands waiting for a scan; past it new ones are refused
@@ -70,10 +71,18 @@ class ScanLoop:
         self.commands: collections.deque[Command] = collections.deque()
         self.overruns = 0               # consecutive late scans
         self.overruns_total = 0
+        # A scan that starts more than this many periods after its slot (a stalled process: SIGSTOP,
+        # a real-time hog, a hung disk) trips scan_overrun at once: the stall is the lost reaction time.
+        self.overrun_limit = int(config.overrun_trip_count)
+        self.late_limit_periods = float(getattr(config, "late_scan_trip_periods", 5))
+        self.stalls = 0                 # scans that started too late (each tripped)
+        self.worst_lateness_s = 0.0
         self.scans = 0
         self.write_ok = True
         self.notifier = notifier
         self.ready_sent = False
+        self._status_state = -1         # state and persist_gen last told to systemd (STATUS=)
+        self._status_gen = -1
         self.next_watchdog = 0.0
         self.watchdog_half_s = None
         if notifier is not None:
@@ -83,6 +92,7 @@ class ScanLoop:
         self.snapshot_wanted = False
         self.latest: Snapshot | None = None
         self.stop_requested = False
+        self.forced_safe = False        # run_* ended and put every output in its safe state
         self.last_scan_s = 0.0          # cost of the last scan (s), for the status line
         # Worst scan cost per window (run_realtime only): kept by the scan thread alone with two
         # compares a scan, no lock; read by the plant link through worst_scan_s().
@@ -98,6 +108,12 @@ class ScanLoop:
         self._calibration_applied: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         # What must survive a restart, as an immutable tuple the pump thread may read at any time:
         # (persist_gen, latched causes, trip acknowledged, acknowledged active alarms).
+        # Board faults (disk, clock, files) reported by other threads: name -> monotonic expiry
+        # (inf while the condition holds). The scan thread applies `_platform_names` when it changes.
+        self._platform_lock = threading.Lock()
+        self._platform_expiry: dict[str, float] = {}
+        self._platform_names: tuple[str, ...] = ()
+        self._platform_applied: tuple[str, ...] = ()
         self._persist_gen = -1
         self.latch_state: tuple[int, tuple[str, ...], bool, tuple[str, ...]] = (-1, (), True, ())
         self.publish_latch()
@@ -106,11 +122,13 @@ class ScanLoop:
         """Snapshots of a loop (the fault-matrix tests copy one per state) leave the Event out."""
         state = self.__dict__.copy()
         del state["wake"]
+        del state["_platform_lock"]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.wake = threading.Event()
+        self._platform_lock = threading.Lock()
 
     # -- called from any thread ----------------------------------------------------------------
     def submit(self, action: str, source: str, reply: Reply | None = None, *, by: str | None = None,
@@ -143,6 +161,37 @@ class ScanLoop:
     def set_calibration(self, due: tuple[str, ...] | list[str], overdue: tuple[str, ...] | list[str]) -> None:
         """Gas sensors due for a bump test or calibration, and those overdue beyond the grace."""
         self._calibration = (tuple(due), tuple(overdue))
+
+    def set_platform_alarm(self, name: str, active: bool) -> None:
+        """A board fault that holds until told otherwise (e.g. `state_write_failed`). Any thread."""
+        self._set_platform(name, float("inf") if active else None)
+
+    def raise_platform_alarm(self, name: str, hold_s: float) -> None:
+        """A momentary board fault (e.g. `journal_reopened`): an alarm for `hold_s`. Any thread."""
+        self._set_platform(name, time.monotonic() + hold_s)
+
+    def expire_platform_alarms(self, now: float | None = None) -> None:
+        """Drop momentary alarms whose hold has passed (the pump calls this; the scan never does)."""
+        now = time.monotonic() if now is None else now
+        with self._platform_lock:
+            if any(t <= now for t in self._platform_expiry.values()):
+                self._platform_expiry = {n: t for n, t in self._platform_expiry.items() if t > now}
+                self._platform_names = tuple(sorted(self._platform_expiry))
+
+    def platform_alarms(self) -> tuple[str, ...]:
+        return self._platform_names
+
+    def _set_platform(self, name: str, expiry: float | None) -> None:
+        if name not in PLATFORM_ALARM_NAMES:
+            raise ValueError(f"unknown platform alarm {name!r}; known: {', '.join(PLATFORM_ALARM_NAMES)}")
+        with self._platform_lock:
+            table = dict(self._platform_expiry)
+            if expiry is None:
+                table.pop(name, None)
+            else:
+                table[name] = max(expiry, table.get(name, 0.0))
+            self._platform_expiry = table
+            self._platform_names = tuple(sorted(table))
 
     def publish_latch(self) -> None:
         """Copy what must survive a restart into `latch_state` (only when the core says it changed)."""
@@ -186,6 +235,10 @@ class ScanLoop:
             cmds = tuple((c[0], c[1]) if c[3] is None else (c[0], c[1], c[3]) for c in pending)
         else:
             cmds = ()
+        platform = self._platform_names
+        if platform is not self._platform_applied:
+            self._platform_applied = platform
+            core.set_platform_alarms(platform)
         cal = self._calibration
         if cal is not self._calibration_applied:
             self._calibration_applied = cal
@@ -224,12 +277,28 @@ class ScanLoop:
         if self.snapshot_wanted or (self.snapshot_every and self.scans % self.snapshot_every == 0):
             self.snapshot_wanted = False
             self.latest = self.snapshot()
-        if self.notifier is not None and healthy:
-            self._notify()
+        if self.notifier is not None:
+            if core.state != self._status_state or core.persist_gen != self._status_gen:
+                self._tell_status()
+            if healthy:
+                self._notify()
+
+    def _tell_status(self) -> None:
+        """systemctl status / StatusText: the state and the latched causes, sent on a change only
+        (healthy or not: the status is information, not a sign of life)."""
+        core = self.core
+        self._status_state, self._status_gen = core.state, core.persist_gen
+        text = core.state_name
+        if core.latched:
+            text += " causes: " + ",".join(core.causes())
+        self.notifier.status(text)
 
     def _notify(self) -> None:
         notifier = self.notifier
-        if not self.ready_sent:
+        core = self.core
+        if not self.ready_sent and core.state != BOOT:
+            # READY only once the self-test has concluded (IDLE, or TRIPPED on a failed self-test
+            # or a restored latch): `systemctl start` and install.sh --upgrade wait for it.
             notifier.ready()
             self.ready_sent = True
         if self.watchdog_half_s is not None:
@@ -237,6 +306,20 @@ class ScanLoop:
             if now >= self.next_watchdog:
                 notifier.watchdog()
                 self.next_watchdog = now + self.watchdog_half_s
+
+    def _stalled(self, late: float, limit: float) -> None:
+        """A scan starts `late` s after its slot, past the limit: nobody scanned for that long.
+
+        It counts as overrun_trip_count late scans, so this very scan trips scan_overrun (and
+        sends no heartbeat and no watchdog ping). The event tells the stall from slow scans.
+        """
+        self.stalls += 1
+        if late > self.worst_lateness_s:
+            self.worst_lateness_s = late
+        if self.overruns < self.overrun_limit:
+            self.overruns = self.overrun_limit
+        self.events.append({"t": self.core.now / 1000.0, "type": "stall", "late_s": round(late, 3),
+                            "limit_s": round(limit, 3)})
 
     def snapshot(self) -> Snapshot:
         core = self.core
@@ -254,7 +337,7 @@ class ScanLoop:
     def run_simulated(self, until_ms: int, before_scan: Callable[[int], None] | None = None,
                       after_scan: Callable[[], None] | None = None) -> None:
         """Scan as fast as the CPU allows, the clock advancing one period per scan."""
-        now = self.core.now
+        now = self.core.clock_ms   # the raw clock the core last saw (its own time never steps back)
         try:
             while now <= until_ms and not self.stop_requested:
                 if before_scan is not None:
@@ -265,6 +348,7 @@ class ScanLoop:
                 now += self.period_ms
         finally:
             self.io.force_safe()
+            self.forced_safe = True
 
     # -- real time ------------------------------------------------------------------------------
     def run_realtime(self, duration_s: float | None = None, speed: float = 1.0,
@@ -272,12 +356,17 @@ class ScanLoop:
         """Scan every period on the monotonic clock; `speed` > 1 runs a simulated cell faster.
 
         A scan that ends after its successor should have started is late; late scans are
-        counted, missed slots are skipped (never bursts), and consecutive ones trip.
+        counted, missed slots are skipped (never bursts), and `overrun_trip_count` consecutive
+        ones trip. A scan that starts more than `late_scan_trip_periods` after its slot (the
+        process was stalled: SIGSTOP, starved, a hung device) trips `scan_overrun` in that scan.
         """
         period_s = self.period_ms / 1000.0 / speed
+        # In real seconds, whatever the speed: a simulated cell run 10x faster must not trip on a
+        # 50 ms hiccup of a shared laptop (the stall limit then spans more simulated time).
+        late_limit_s = self.late_limit_periods * self.period_ms / 1000.0
         mono = time.monotonic
         t0 = mono()
-        start_ms = self.core.now
+        start_ms = self.core.clock_ms
         next_t = t0
         end = None if duration_s is None else t0 + duration_s / speed
         try:
@@ -285,8 +374,14 @@ class ScanLoop:
                 now_wall = mono()
                 if end is not None and now_wall >= end:
                     break
+                late = now_wall - next_t     # after this scan's slot: a stall, or an overrun
                 if self.lateness_s is not None:
-                    self.lateness_s.append(now_wall - next_t)
+                    self.lateness_s.append(late)
+                if late > late_limit_s:
+                    self._stalled(late, late_limit_s)
+                    next_t = now_wall            # skip the missed slots (never a burst of scans)
+                elif self.overruns and late > 0.0:
+                    next_t = now_wall            # the last scan overran its slot: re-align here
                 now_ms = start_ms + int((now_wall - t0) * 1000.0 * speed)
                 if before_scan is not None:
                     before_scan(now_ms)
@@ -300,10 +395,9 @@ class ScanLoop:
                     self._scan_window_end = done + self.scan_window_s
                 next_t += period_s
                 if done > next_t:
-                    # Late: the next slot has already begun. Count it and re-align.
+                    # Late: the next slot has already begun. Count it; the next scan re-aligns.
                     self.overruns += 1
                     self.overruns_total += 1
-                    next_t = done
                 else:
                     self.overruns = 0
                     delay = next_t - mono()
@@ -311,6 +405,7 @@ class ScanLoop:
                         time.sleep(delay)
         finally:
             self.io.force_safe()
+            self.forced_safe = True
 
 
 def _record_ids(pending: list[Command], events: list[dict]) -> None:

@@ -23,6 +23,7 @@ def mask(*states):  # pragma: no mutate block
 CRUSHING = mask(RUNNING, STOPPING)                      # crusher may turn
 INERT = mask(PURGING, READY, RUNNING, STOPPING)         # cell closed and being inerted
 OPERATING = mask(IDLE, PURGING, READY, RUNNING, STOPPING)
+ALL_STATES = OPERATING | mask(BOOT, TRIPPED)
 ANY_STATE = mask(BOOT, IDLE, PURGING, READY, RUNNING, STOPPING, TRIPPED)
 
 # ---------------------------------------------------------------------------------------------
@@ -186,6 +187,21 @@ def _build_causes():  # pragma: no mutate block
 CAUSES, CAUSE_MASKS = _build_causes()
 CAUSE_INDEX = {name: i for i, name in enumerate(CAUSES)}
 
+# Platform alarms: the board under the controller (disk, clock, files) as the loop reports it
+# through Core.set_platform_alarms. (name, severity, what it means.) Faults block `start` through
+# their own permissive; warnings only inform (the event and MQTT carry them).
+PLATFORM_ALARMS = (
+    ("state_write_failed", "fault", "the latch file cannot be written: a power cut could lose a trip"),
+    ("clock_implausible", "fault", "the wall clock is earlier than the newest record or the build: "
+     "calibration due dates cannot be trusted"),
+    ("journal_reopened", "warning", "the audit journal was deleted or moved during the run and reopened"),
+    ("outbox_reset", "warning", "the MQTT outbox was unreadable at start and moved aside"),
+    ("i2c_bus_stuck", "warning", "every chip on an I2C bus fails (bus lock-up); its sensors are faulted"),
+    ("i2c_bus_recovered", "warning", "an I2C bus lock-up was cleared (nine clocks and a STOP, or a supply "
+     "cycle)"),
+)
+PLATFORM_ALARM_NAMES = tuple(a[0] for a in PLATFORM_ALARMS)
+
 # Alarms: (name, severity, state mask). Warnings that are held in RUNNING bring a controlled stop.
 ALARMS = (
     ("o2", "warning", CRUSHING),
@@ -204,7 +220,8 @@ ALARMS = (
     ("rto_not_ready", "warning", INERT),
     ("o2_one_high", "warning", OPERATING | mask(TRIPPED)),   # one voting sensor >= o2.trip alone
     ("inerting_failed", "fault", OPERATING | mask(TRIPPED)),  # READY keeps losing its permissive
-) + tuple(("sensor_fault:" + s, "fault", OPERATING | mask(TRIPPED)) for s in SENSORS) + tuple(
+) + tuple((a[0], a[1], ALL_STATES) for a in PLATFORM_ALARMS) + tuple(
+    ("sensor_fault:" + s, "fault", OPERATING | mask(TRIPPED)) for s in SENSORS) + tuple(
     # A bump test or calibration is due (the loop tells, from the calibration records and the date).
     ("calibration_due:" + s, "warning", OPERATING | mask(TRIPPED)) for s in CALIBRATED_SENSORS) + tuple(
     # A digital input that cannot be read (it counts as its unsafe value meanwhile).
@@ -216,7 +233,8 @@ ALARM_OFF_DELAY_MS = 2000   # an alarm clears only after its condition has been 
 HELD_WARNINGS = tuple(ALARM_INDEX[n] for n in (
     "o2", "h2_cell", "lel_cell", "co_cell", "hf_room", "temp_gas", "temp_material", "temp_rise", "dp_cell"))
 # Alarms that only inform: they neither block `start` (unless a permissive says so) nor stop crushing.
-ADVISORY_ALARMS = tuple(ALARM_INDEX["calibration_due:" + s] for s in CALIBRATED_SENSORS)
+ADVISORY_ALARMS = tuple(ALARM_INDEX["calibration_due:" + s] for s in CALIBRATED_SENSORS) + tuple(
+    ALARM_INDEX[a[0]] for a in PLATFORM_ALARMS if a[1] == "warning")
 
 CONTROLLED_STOPS = (
     # reason, condition (documents), alarm it follows (None: judged by the core), limits, delay.
@@ -256,6 +274,10 @@ PERMISSIVES = (
     ("guard_start", "o2_below_permissive", "o2 (voted)", "voted O2 < o2.start_permissive",
      ("thresholds.o2.start_permissive",), "_p_o2_low"),
     ("guard_start", "rto_ready", "rto_ready", "RTO ready to take the off-gas", (), "_p_rto"),
+    ("guard_start", "state_writable", "state_write_failed", "the latch file can be written (a trip "
+     "must survive a power cut)", (), "_p_state_writable"),
+    ("guard_start", "clock_plausible", "clock_implausible", "the wall clock is not earlier than the "
+     "newest record or the build (calibration dates depend on it)", (), "_p_clock"),
     ("guard_start", "no_alarm", "alarms", "no active alarm (calibration_due alone does not block)", (),
      "_p_no_alarm"),
     ("guard_start", "crusher_off", "crusher_running", "no contactor feedback before the start", (),

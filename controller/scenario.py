@@ -7,6 +7,7 @@ rejected before it runs, with the file, the step and the name.
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from controller.configtools import InputFileError, Section, fmt, read_toml
 from controller.names import COMMANDS, OUTPUTS, SENSORS, SOURCES
 
 MAX_DURATION_S = 30 * 24 * 3600.0   # a month of simulated time per scenario at most
+STEP_ACTIONS = ("command", "event", "fault", "force")
+STEP_KEYS = ("t", *STEP_ACTIONS, "source", "mode", "value")   # every key an [[at]] step may have
 
 
 class ScenarioError(InputFileError):
@@ -82,10 +85,14 @@ def parse(data: dict[str, Any], name: str = "<scenario>") -> Scenario:
         t = s.number("t", minval=0.0)
         if isinstance(duration, float) and t == t and t > duration:
             s.key_error("t", f"is after the end of the scenario (duration_s = {fmt(duration)})")
-        actions = [a for a in ("command", "event", "fault", "force") if a in s.data]
+        actions = [a for a in STEP_ACTIONS if a in s.data]
         if len(actions) != 1:
+            unknown = [k for k in s.data if k not in STEP_KEYS]
+            hints = [f"unknown key '{k}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(
+                k, STEP_KEYS, n=1, cutoff=0.6)) else "") for k in unknown]
             s.error("needs exactly one of command, event, fault, force"
-                    + (f" (has {', '.join(actions)})" if actions else ""))
+                    + (f" (has {', '.join(actions)})" if actions else "")
+                    + ("; " + "; ".join(hints) if hints else ""))
             s.used.update(s.data)
             continue
         kind = actions[0]
@@ -158,6 +165,24 @@ class EventLog:
     def __init__(self, stream: IO[str]):
         self.stream = stream
         self.count = 0
+        self._end_cut_line(stream)
+
+    @staticmethod
+    def _end_cut_line(stream: IO[str]) -> None:
+        """Appending to a file whose last line a crash cut: end that line first, or the first event
+        of this run would be glued to it and lost to every reader."""
+        try:
+            name = stream.name
+            if not isinstance(name, str) or stream.tell() == 0:
+                return
+            with open(name, "rb") as f:
+                f.seek(-1, 2)
+                last = f.read(1)
+        except (AttributeError, OSError, ValueError):
+            return
+        if last != b"\n":
+            stream.write("\n")
+            stream.flush()
 
     def write(self, events: list[dict]) -> None:
         w = self.stream.write
@@ -175,10 +200,24 @@ def clean(value: Any) -> Any:
     return value
 
 
-def end_record(loop: Any) -> dict:
+def end_record(loop: Any, **why: Any) -> dict:
+    """The last line: the state, and the outputs as they were left.
+
+    Once the loop has forced the safe state, `outputs` are the configured safe states and
+    `commanded` what the last scan had commanded: a log must never say the crusher was left on
+    when it was switched off on the way out. `why` adds fields (the signal that ended a run).
+    """
     core = loop.core
-    return {"t": core.now / 1000.0, "type": "end", "state": core.state_name, "causes": core.causes(),
-            "outputs": core.outputs_dict()}
+    rec = {"t": core.now / 1000.0, "type": "end", "state": core.state_name, "causes": core.causes()}
+    if getattr(loop, "forced_safe", False):
+        rec["outputs"] = loop.config.safe_outputs()
+        rec["forced_safe"] = True
+        rec["commanded"] = core.outputs_dict()
+    else:
+        rec["outputs"] = core.outputs_dict()
+        rec["forced_safe"] = False
+    rec.update(why)
+    return rec
 
 
 def simulate(scenario: Scenario, config: Any, stream: IO[str]) -> dict:

@@ -8,6 +8,9 @@ from fault testing live here:
   or above the trip on its own is reported too: two sensors failing low must not hide the third's
   rise (the core turns both into a controlled stop while crushing);
 - an unhealthy sensor votes "high" (the worst case for an O2 limit).
+
+Time: `now` is the core's time (ms), which never decreases whatever the raw clock does (wraps,
+backward steps: `Core.step` absorbs them), so the recovery and deviation timers subtract it plainly.
 """
 
 _NAN = float("nan")

@@ -18,14 +18,24 @@ from controller.names import INPUTS, OUTPUTS, SENSORS
 FAULT_DISCONNECT = "disconnect"    # no answer from the device (I2C NACK, OSError 5/121, absent)
 FAULT_CRC = "crc"                  # answer failed its checksum
 FAULT_TIMEOUT = "timeout"          # conversion never finished
-FAULT_OPEN_CIRCUIT = "open_circuit"  # thermocouple open
-FAULT_LOOP_LOW = "loop_low"        # 4-20 mA below 3.6 mA (NAMUR NE43)
-FAULT_LOOP_HIGH = "loop_high"      # 4-20 mA above 21 mA (NAMUR NE43)
+FAULT_OPEN_CIRCUIT = "open_circuit"  # thermocouple open (MCP9600 status bit 4 with the bias network)
+FAULT_LOOP_LOW = "loop_low"        # 4-20 mA below the channel's valid band (default 3.8 mA, NAMUR NE43)
+FAULT_LOOP_HIGH = "loop_high"      # 4-20 mA above the channel's valid band (default 20.9 mA, NE43)
+FAULT_MAINTENANCE = "maintenance"  # 4-20 mA in the transmitter's maintenance band: not measuring
+FAULT_INPUT_RANGE = "input_range"  # MCP9600 status bit 4 without the bias network: EMF out of range
+FAULT_OPEN_SUSPECT = "open_suspect"  # thermocouple without bias: a jump, or pinned at the cold junction
 FAULT_DEVICE = "device"            # the device reports its own fault
 
 
 class Reading(NamedTuple):
-    """One sensor sample: value in engineering units, fault code or None, sample time (ms)."""
+    """One sensor sample: value in engineering units, fault code or None, sample time (ms).
+
+    t_ms is on the clock the loop passes as `now_ms` (the core's raw clock): the time the sample
+    was taken, never later than the read that returns it; a sample repeated unchanged keeps its
+    t_ms. The core takes its age when it first sees a t_ms, wrap-safe, and ages it on its own
+    time from then, so a wrap or a backward step of that clock cannot make a sample fresh or stale
+    for longer than its stale_s.
+    """
 
     value: float
     fault: str | None

@@ -1,7 +1,8 @@
 """A bench for the safety core: plain readings and inputs, a clock we move by hand.
 
 Why not the sim: one test per rule must control every value exactly. This kit is pure Python
-and also runs under MicroPython (no typing, no pytest imports).
+and also runs under MicroPython (no typing, no pytest imports). `Clocked` is the bench whose
+raw clock wraps (like MicroPython's time.ticks_ms) or steps back.
 """
 
 import json
@@ -111,3 +112,47 @@ class Bench:
 
     def events(self, kind=None):
         return [e for e in self.core.events if kind is None or e["type"] == kind]
+
+
+WRAP = 1 << 30   # MicroPython's time.ticks_ms() wraps here on most ports
+
+
+class Clocked(Bench):
+    """A bench whose core reads a raw clock that can wrap and step back.
+
+    `true` is the forward-only time (ms) since the bench was made, what a stopwatch beside the cell
+    would show; the raw clock that the core and the readings' t_ms see is start + true + the clock
+    steps so far, modulo `wrap` (None: a clock that never wraps, like CPython's monotonic ms).
+    origin: the core's own time at creation, Core(params, origin, start); None: Core(params, start).
+    """
+
+    def __init__(self, params, start=0, wrap=WRAP, origin=None, values=None, period_ms=100):
+        Bench.__init__(self, params, values, period_ms)
+        if origin is not None:
+            self.core = Core(params, origin, start)
+        elif start:
+            self.core = Core(params, start)
+        self.true = 0
+        self.offset = start
+        self.wrap = wrap
+        self.steps = {}   # true time (ms) -> step of the raw clock (ms) just before that scan
+        self.now = self.raw()
+
+    def raw(self):
+        r = self.offset + self.true
+        return r % self.wrap if self.wrap else r
+
+    def step_clock(self, ms):
+        """Step the raw clock now (negative: back), as NTP or a hand-set clock would."""
+        self.offset += ms
+        self.now = self.raw()
+
+    def scan(self, commands=()):
+        d = self.steps.pop(self.true, 0)
+        if d:
+            self.offset += d
+        self.now = self.raw()
+        out = Bench.scan(self, commands)   # steps the core at self.now, the raw clock
+        self.true += self.period
+        self.now = self.raw()
+        return out

@@ -1,7 +1,7 @@
 """The cause-and-effect matrix: measured on the core, complete, embedded in docs/safety.md, and true.
 
 True means: the behaviour columns are what a real Core did when driven into each cause
-(controller/drive.py), and this file checks them against /work/shared/domain.md written down here
+(controller/drive.py), and this file checks them against docs/process-safety.md written down here
 on its own (the states table, "Trip effects by cause", the other rules), never against the rule
 tables the core executes. Each permissive row, violated alone on a bench, refuses its command with
 its own reason; every cause the core can latch has exactly one row.
@@ -39,7 +39,7 @@ def gas(row):
     return tuple(row[n] for n in GAS)
 
 
-# -- domain.md, written down independently of controller/rules.py -------------------------------
+# -- docs/process-safety.md, written down independently of controller/rules.py -------------------------------
 # "States": outputs of each state (logical words; RUNNING's feed needs the crusher to run).
 DOMAIN_STATES = {
     "BOOT": ("off", "off", "open", "open", "closed", "open"),
@@ -74,7 +74,7 @@ def domain_gas(classes):
 
 
 def classes_of(cause):
-    """The effect classes a cause provoked alone brings (domain.md's table; an unhealthy sensor
+    """The effect classes a cause provoked alone brings (docs/process-safety.md's table; an unhealthy sensor
     counts as the worst case for what it guards: lel_rto as flammable, dp_cell as overpressure)."""
     return {"lel_rto_high": {"rto"}, "sensor_fault:lel_rto": {"rto"}, "dp_high": {"overpressure"},
             "dp_rise": {"overpressure"}, "sensor_fault:dp_cell": {"overpressure"},
@@ -83,7 +83,7 @@ def classes_of(cause):
 
 CLASS_NAMES = {"rto_flammable": "rto", "overpressure": "overpressure", "door_open": "door"}
 
-# "active in": where provoking the cause alone trips the core (domain.md and the hazard register).
+# "active in": where provoking the cause alone trips the core (the reference and the hazard register).
 ACTIVE_IN = {
     "o2_high": CRUSHING,                  # 2.5 % O2 "while crushing"
     "o2_vote_lost": INERT,                # two unhealthy O2 sensors: the cell cannot be judged inert
@@ -129,7 +129,7 @@ def test_every_cause_and_permissive_has_a_row():
     assert ce.COLUMNS[-len(OUTPUTS):] == OUTPUTS and "horn" in ce.COLUMNS
 
 
-# -- trips, against domain.md ---------------------------------------------------------------------
+# -- trips, against the reference ---------------------------------------------------------------------
 @pytest.mark.parametrize("cause", core.CAUSES)
 def test_every_trip_stops_crushing_and_lights_the_beacon(cause):
     row = rows_of("trip")[cause]
@@ -173,7 +173,7 @@ def test_trip_effect_rows_follow_the_combination_rule():
         assert (row["crusher"], row["feed"], row["alarm"]) == ("off", "off", "on"), row
         if classes:   # present now, not latched: the outputs go back once the class is gone
             assert row["state change"] == "stays TRIPPED; back to the default when gone", row
-    # domain.md's two examples: a runaway that later fills the RTO inlet; a person at the door
+    # docs/process-safety.md's two examples: a runaway that later fills the RTO inlet; a person at the door
     # while the RTO inlet is flammable.
     assert gas(effects["rto_flammable"]) == ("open", "open", "closed", "open")
     assert gas(effects["rto_flammable + door_open"]) == ("closed", "closed", "closed", "open")
@@ -367,6 +367,10 @@ VIOLATIONS = {
         crusher_running=True), "start", "local", "crusher feedback"),
     "calibration_in_date": ("READY", lambda b: b.core.set_calibration(("h2_cell",), ("h2_cell",)), "start",
                             "local", "calibration overdue beyond the grace: h2_cell"),
+    "state_writable": ("READY", lambda b: b.core.set_platform_alarms(("state_write_failed",)), "start",
+                       "local", "latch file cannot be written"),
+    "clock_plausible": ("READY", lambda b: b.core.set_platform_alarms(("clock_implausible",)), "start",
+                        "local", "wall clock is earlier"),
     "reset_source": ("TRIPPED", lambda b: b.run(6), "reset", "remote", "remote reset not allowed"),
     "causes_clear": ("TRIPPED", lambda b: None, "reset", "local", "causes not clear"),
 }

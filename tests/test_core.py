@@ -27,7 +27,7 @@ def outputs(b):
 
 
 def expected_gas(b, overpressure=False):
-    """The gas outputs in TRIPPED by domain.md "Trip effects by cause", from what the bench feeds.
+    """The gas outputs in TRIPPED by the reference "Trip effects by cause", from what the bench feeds.
 
     Written from the reference table, not from the core: default purge, boost and exhaust open,
     vent closed; the RTO inlet at or above its warning (or faulty) closes the exhaust and opens the

@@ -108,7 +108,11 @@ def test_advisory_alarm_does_not_block_but_the_next_alarm_does():
         c.alarm_active[k] = True
     assert c.guard_start() is None
     first = names.index("calibration_due:o2_a")
-    assert core.ADVISORY_ALARMS == tuple(range(first, first + len(CALIBRATED_SENSORS)))
+    # Advisory: the calibration_due alarms, and the platform warnings (journal_reopened, outbox_reset,
+    # the I2C bus ones).
+    platform_warnings = tuple(names.index(n) for n in ("journal_reopened", "outbox_reset", "i2c_bus_stuck",
+                                                       "i2c_bus_recovered"))
+    assert core.ADVISORY_ALARMS == tuple(range(first, first + len(CALIBRATED_SENSORS))) + platform_warnings
     c.alarm_active[first + len(CALIBRATED_SENSORS)] = True   # the alarm just after them is not advisory
     assert c.guard_start() == "alarm active: " + ALARMS[first + len(CALIBRATED_SENSORS)][0]
     c.alarm_active[first + len(CALIBRATED_SENSORS)] = False
@@ -333,7 +337,7 @@ def test_stopping_and_ready_ignore_stop_reasons():
 # -- outputs and events -------------------------------------------------------------------------------
 def test_output_table_for_every_state_feedback_and_horn():
     # Every precomputed combination passes the interlock; BOOT is the safe states; the rows of
-    # domain.md's state table; TRIPPED's gas outputs follow the combination rule for its classes.
+    # docs/process-safety.md's state table; TRIPPED's gas outputs follow the combination rule for its classes.
     c = Core(params(), 0)
     safe = tuple(bool(x) for x in params()["safe"])
     states = (BOOT, IDLE, PURGING, READY, RUNNING, STOPPING, TRIPPED)

@@ -1,10 +1,10 @@
-"""Property-based tests of the safety core (hypothesis stateful), with an oracle written from domain.md.
+"""Property-based tests of the safety core (hypothesis stateful), with an oracle written from the reference.
 
 Generators are biased towards the dangerous states: rules walk the cell to RUNNING before they
 play an O2 combination, O2 values are drawn around the trip, sensors flap and fail in turn, resets
 are tried around the reset hold, and the door, the RTO inlet and the cell pressure change while
 TRIPPED. Before every scan the oracle judges what is present from the values it feeds (its own
-reading of domain.md, never the core's tables); after every scan it checks:
+reading of docs/process-safety.md, never the core's tables); after every scan it checks:
 
 - INV-INTERLOCK: crusher and feed off outside RUNNING/STOPPING; the feed only in RUNNING, with the
   crusher commanded and its feedback on.
@@ -24,7 +24,7 @@ reading of domain.md, never the core's tables); after every scan it checks:
 - INV-LEAVE-TRIPPED: TRIPPED is left only through a reset (command or panel button) to PURGING,
   from the local panel unless the plant allows remote reset.
 - INV-TRIPPED-OUTPUTS: in TRIPPED the beacon is on, crusher and feed off, and the gas outputs follow
-  domain.md's "Trip effects by cause" for the classes present now (door open, RTO inlet at its
+  docs/process-safety.md's "Trip effects by cause" for the classes present now (door open, RTO inlet at its
   warning or unhealthy, overpressure), not the configured safe states.
 - INV-HORN: after an acknowledgement the horn stays off until a new alarm or trip.
 
@@ -41,6 +41,7 @@ from corekit import QUIET, Bench, params
 from hypothesis import HealthCheck, Phase, event, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+from thoroughness import examples
 
 from controller import core as core_mod
 from controller.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS
@@ -62,7 +63,7 @@ DEVIATION = TH["o2"]["deviation"]
 DEVIATION_HOLD_MS = TM["deviation_hold_s"]
 LOSS_LIMIT = P["permissive_loss_limit"]
 
-LEVELS = {  # sensor -> trip limit of its single-sensor level trip (domain.md, Default thresholds)
+LEVELS = {  # sensor -> trip limit of its single-sensor level trip (the reference, Default thresholds)
     "h2_cell": TH["h2_cell"]["trip"], "lel_cell": TH["lel_cell"]["trip"], "lel_rto": TH["lel_rto"]["trip"],
     "co_cell": TH["co_cell"]["trip"], "hf_room": TH["hf_room"]["trip"], "temp_gas": TH["temp_gas"]["trip"],
     "temp_material": TH["temp_material"]["trip"], "dp_cell": TH["dp_cell"]["trip"],
@@ -118,7 +119,7 @@ def value_for(sensor, level):
 
 
 def trip_gas(door, rto, overpressure):
-    """(n2_purge, n2_boost, exhaust, vent) in TRIPPED, from domain.md's table, written out again."""
+    """(n2_purge, n2_boost, exhaust, vent) in TRIPPED, from the reference's table, written out again."""
     purge, boost, exhaust, vent = True, True, True, False   # default: dilute, inert, stay below
     if rto:
         exhaust, vent = False, True          # never a flammable mixture into the RTO's flame
@@ -153,7 +154,7 @@ class CoreMachine(RuleBasedStateMachine):
         for _ in range(25):
             self.checked_scan()
 
-    # -- the oracle: domain.md's rules on the values it feeds ------------------------------------
+    # -- the oracle: the reference's rules on the values it feeds ------------------------------------
     def unhealthy(self, name):
         b = self.b
         if name in b.faults:
@@ -389,7 +390,7 @@ class CoreMachine(RuleBasedStateMachine):
         assert out["alarm"] and not out["crusher"] and not out["feed"] and got in wants, (
             f"INV-TRIPPED-OUTPUTS: door_open={door} rto_flammable={rto} overpressure={op_sure}"
             f"{'/maybe' if op_maybe != op_sure else ''}: (n2_purge, n2_boost, exhaust, vent) = {got}, "
-            f"domain.md says {' or '.join(map(str, sorted(wants)))}; beacon {out['alarm']}, crusher "
+            f"the reference says {' or '.join(map(str, sorted(wants)))}; beacon {out['alarm']}, crusher "
             f"{out['crusher']}, feed {out['feed']} {ctx}")
         if door:
             self.count("TRIPPED with the door open")
@@ -686,7 +687,7 @@ class CoreMachine(RuleBasedStateMachine):
             assert self.b.core.state_name in STATES
 
 
-SETTINGS = settings(max_examples=80, stateful_step_count=30, deadline=None,
+SETTINGS = settings(max_examples=examples(80), stateful_step_count=30, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -787,9 +788,9 @@ def test_planted_ack_keeps_horn_breaks_inv_horn():
     find_planted(planted(AckKeepsHorn), r"INV-HORN: ")
 
 
-# -- findings: domain.md rules the core does not follow (strict xfail: the mark must go with the fix) --
+# -- findings: the reference rules the core does not follow (strict xfail: the mark must go with the fix) --
 def test_vote_recovery_counts_for_a_sensor_back_during_boot():
-    # domain.md: "A sensor rejoins the O2 vote only after it has been healthy for a recovery time
+    # docs/process-safety.md: "A sensor rejoins the O2 vote only after it has been healthy for a recovery time
     # (P: 10 s), so two sensors failing in turn count as two unhealthy sensors" -- no exception for
     # BOOT. o2_a fails during the self-test and is back 1 s before its end; the self-test passes;
     # 0.6 s after the self-test o2_b fails in PURGING: o2_a has been healthy for 1.6 s, so two

@@ -24,7 +24,7 @@ of every case comes from ONE table, `expected()`, written as data with these rul
    sees the feedback first); in RUNNING and STOPPING command and feedback agree: no reaction in the
    window. Other outputs (the horn included) have no feedback: no reaction (docs/safety.md, Known
    limits).
-4. Contactor feedback faults (domain.md: "Crusher feedback that drops while RUNNING trips;
+4. Contactor feedback faults (docs/process-safety.md: "Crusher feedback that drops while RUNNING trips;
    discrepancy between command and feedback is integrated, so chatter cannot keep resetting its
    timer"):
    - `drop` (the hard-wired chain opens the contactor): where the crusher is commanded on (RUNNING,
@@ -41,7 +41,7 @@ of every case comes from ONE table, `expected()`, written as data with these rul
 Every scan of every case also checks, on the outputs:
 - crusher and feed off outside RUNNING/STOPPING, and off in the scan of any trip (as the simulated
   cell applied them; for an output whose relay refuses writes, as commanded);
-- in TRIPPED: the beacon on, crusher and feed commanded off, and the gas outputs as domain.md's
+- in TRIPPED: the beacon on, crusher and feed commanded off, and the gas outputs as docs/process-safety.md's
   "Trip effects by cause" table says for the classes present at that scan (RTO inlet flammable or
   its sensor failed; overpressure or the dp sensor failed; door open), derived in `trip_gas` below
   independently of the core's tables. Around the instant a slow fault (stale, stuck) shows, both
@@ -108,7 +108,7 @@ WRITE_FAIL = {"TRIPPED": ("latch", "output_write"), "*": ("trip", "output_write"
 
 
 def trip_gas(door, rto, overpressure):
-    """(n2_purge, n2_boost, exhaust, vent) in TRIPPED: domain.md's "Trip effects by cause", written out.
+    """(n2_purge, n2_boost, exhaust, vent) in TRIPPED: the reference's "Trip effects by cause", written out.
 
     Default: purge and boost open, exhaust open, vent closed (dilute, inert, keep the cell below
     atmosphere). RTO inlet flammable: exhaust closed, vent open. Overpressure: boost closed, vent open.
@@ -183,7 +183,7 @@ def shown(target, mode, sensor, dt_s):
 
 
 def expected_gas(loop, target, mode, dt_s):
-    """The gas outputs domain.md allows in TRIPPED at this scan (a set: a class may be undecided)."""
+    """The gas outputs the reference allows in TRIPPED at this scan (a set: a class may be undecided)."""
     core = loop.core
     value = core.health.value   # this scan's raw readings
     door = not core.inputs[IN_DOOR]
@@ -302,7 +302,7 @@ def observe(state, target, mode):
         want = expected_gas(loop, target, mode, (t - t0) / 1000.0)
         assert out[out_i["alarm"]] and not out[out_i["crusher"]] and not out[out_i["feed"]], (
             "TRIPPED: beacon on, crusher and feed off", dict(zip(OUTPUTS, out, strict=True)))
-        assert gas in want, ("TRIPPED gas outputs (n2_purge, n2_boost, exhaust, vent)", gas, "domain.md:",
+        assert gas in want, ("TRIPPED gas outputs (n2_purge, n2_boost, exhaust, vent)", gas, "the reference:",
                              sorted(want), (t - t0) / 1000.0)
         seen["tripped_scans"] += 1
 
@@ -366,7 +366,7 @@ def test_matrix_covers_every_combination():
 
 
 def test_trip_effects_table_as_domain_md_writes_it():
-    # The expectation above, pinned to domain.md's rows (not to the core's tables).
+    # The expectation above, pinned to docs/process-safety.md's rows (not to the core's tables).
     assert trip_gas(False, False, False) == (True, True, True, False)      # default
     assert trip_gas(False, True, False) == (True, True, False, True)      # RTO inlet flammable
     assert trip_gas(False, False, True) == (True, False, True, True)      # overpressure

@@ -8,6 +8,7 @@ its start, in the slot of its end; the total is what lies in the last SLOTS slot
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from thoroughness import examples
 
 from controller.feedback import SLOTS, DiscrepancyWindow
 
@@ -36,7 +37,7 @@ samples = st.lists(st.tuples(st.integers(min_value=0, max_value=700), st.boolean
                    min_size=1, max_size=120)
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=examples(300), deadline=None, database=None)
 @given(window=st.sampled_from((500, 2000, 10000, 13)), start=st.integers(min_value=0, max_value=5000),
        steps=samples)
 def test_integrator_matches_the_reference(window, start, steps):

@@ -1,4 +1,4 @@
-"""Hazards found by fault testing (issue 9), one test each, written from domain.md, not the code.
+"""Hazards found by fault testing (issue 9), one test each, written from docs/process-safety.md, not the code.
 
 Each test names the hazard-register row it proves (docs/safety.md, "Hazard register"): H-<n>.
 Plain asserts and no pytest imports: this file also runs under the MicroPython unix port.

@@ -5,7 +5,7 @@ send commands (local and remote, with an operator), plant events, pulses of the 
 shorter than a scan, sensor faults, contactor feedback faults (chatter, drop, unreadable), output
 faults (welded, write_fail), forced values near the limits, and advance time; a rule walks the cell
 to RUNNING, since the dangerous states are where the invariants matter. After EVERY scan, written
-from domain.md:
+from docs/process-safety.md:
 - INV-INTERLOCK: on the outputs the simulated cell applied, crusher and feed off outside
   RUNNING/STOPPING (an output whose relay refuses writes, `write_fail`, is judged on the command);
 - INV-TRIP-SCAN: a scan that trips has crusher and feed off in that same scan;
@@ -207,7 +207,8 @@ class LoopMachine(RuleBasedStateMachine):
             wrong.append("RTO inlet flammable: exhaust closed, vent open")
         if overpressure and (out["n2_boost"] or not out["vent"]):
             wrong.append("overpressure: n2_boost closed, vent open")
-        assert not wrong, f"INV-TRIPPED-OUTPUTS: domain.md wants {'; '.join(wrong)}; outputs {out} ({ctx})"
+        assert not wrong, (f"INV-TRIPPED-OUTPUTS: the reference wants {'; '.join(wrong)}; "
+                           f"outputs {out} ({ctx})")
         for what, present in (("TRIPPED with the door open", door),
                               ("TRIPPED with overpressure", overpressure),
                               ("TRIPPED with the RTO inlet flammable", rto)):
@@ -382,7 +383,7 @@ def test_planted_late_write_breaks_inv_interlock():
 
 def test_planted_door_blind_effects_break_inv_tripped_outputs():
     find_planted(PlantedDoorBlind,
-                 r"INV-TRIPPED-OUTPUTS: domain.md wants[^(]*door open: n2_purge and n2_boost closed")
+                 r"INV-TRIPPED-OUTPUTS: the reference wants[^(]*door open: n2_purge and n2_boost closed")
 
 
 def test_planted_pulse_blind_hal_breaks_inv_pulse():

@@ -129,14 +129,17 @@ class NotifySocket:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(b"\0" + self.name[1:].encode())
         self.sock.setblocking(False)
+        self.statuses: list[str] = []
 
     def received(self) -> list[str]:
+        """The liveness messages (READY, WATCHDOG, STOPPING); STATUS= lines go to `statuses`."""
         out = []
         while True:
             try:
-                out.append(self.sock.recv(4096).decode())
+                msg = self.sock.recv(4096).decode()
             except BlockingIOError:
                 return out
+            (self.statuses if msg.startswith("STATUS=") else out).append(msg)
 
     def close(self) -> None:
         self.sock.close()

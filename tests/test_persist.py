@@ -121,7 +121,8 @@ def test_corrupt_latch_file_starts_tripped(tmp_path):
 
 
 def test_config_change_is_noted(tmp_path):
-    (tmp_path / "latch.json").write_text(json.dumps({"causes": [], "seq": 3, "config_sha256": "0" * 64}))
+    (tmp_path / "latch.json").write_text(json.dumps({"causes": [], "trip_acked": False, "acked": [], "seq": 3,
+                                                    "config_sha256": "0" * 64}))
     loop = _loop()
     p = persist.Persister(tmp_path, loop, CONFIG)
     rec = p.restore()[-1]
@@ -274,3 +275,72 @@ def test_event_numbers_go_on_after_a_restart_without_a_gap(tmp_path):
     again.handle(events)
     assert events[0]["seq"] == 14
     again.close()
+
+
+# -- issue 11: what the files say after a crash ------------------------------------------------------
+def _journal(path, *records):
+    with open(path / "journal.jsonl", "a") as f:
+        for r in records:
+            f.write(json.dumps(dict(r, ts="2025-01-01T00:00:00+00:00")) + "\n")
+
+
+LATCH_10 = {"causes": [], "trip_acked": False, "acked": [], "seq": 10}
+
+
+def test_a_trip_journaled_after_the_latch_file_comes_back_latched(tmp_path):
+    # The latch file could not be written after the trip (a crash, a full disk): the journal has it.
+    (tmp_path / "latch.json").write_text(json.dumps(LATCH_10))
+    _journal(tmp_path, {"type": "state", "from": "IDLE", "to": "PURGING", "cause": "command:purge", "seq": 9},
+             {"type": "trip", "causes": ["door_open"], "seq": 12},
+             {"type": "state", "from": "PURGING", "to": "TRIPPED", "cause": "trip:door_open", "seq": 13})
+    loop = _loop()
+    p = persist.Persister(tmp_path, loop, CONFIG)
+    records = p.restore()
+    assert records[0] == {"t": 0.0, "type": "persist", "restored": ["door_open"],
+                          "from_journal": ["door_open"]}
+    loop.run_simulated(2500)
+    assert loop.core.state_name == "TRIPPED" and loop.core.causes() == ["door_open"]
+    assert p.seq == 13
+    p.close()
+
+
+@pytest.mark.parametrize("tail, latched", [
+    ([{"type": "trip", "causes": ["estop"], "seq": 7},
+      {"type": "state", "from": "IDLE", "to": "TRIPPED", "cause": "trip:estop", "seq": 8}], ["estop"]),
+    ([{"type": "trip", "causes": ["estop"], "seq": 7},
+      {"type": "state", "from": "IDLE", "to": "TRIPPED", "cause": "trip:estop", "seq": 8},
+      {"type": "state", "from": "TRIPPED", "to": "PURGING", "cause": "command:reset", "seq": 20}], []),
+])
+def test_without_a_latch_file_the_latch_is_rebuilt_from_the_journal(tmp_path, tail, latched):
+    _journal(tmp_path, {"type": "state", "from": None, "to": "BOOT", "cause": "start", "seq": 1},
+             {"type": "state", "from": "BOOT", "to": "IDLE", "cause": "self_test_passed", "seq": 4}, *tail)
+    loop = _loop()
+    p = persist.Persister(tmp_path, loop, CONFIG)
+    p.restore()
+    assert loop.core.causes() == latched
+    assert p.seq == tail[-1]["seq"]                 # and the numbers go on above the journal's
+    p.close()
+
+
+def test_event_numbers_go_on_above_every_file_that_holds_one(tmp_path):
+    (tmp_path / "latch.json").write_text(json.dumps(LATCH_10))
+    _journal(tmp_path, {"type": "command", "seq": 15})
+    events = tmp_path / "events.jsonl"
+    # The last line was cut by a crash.
+    events.write_text('{"type":"outputs","seq":39}\n{"type":"outputs","seq":40}\n{"type":"outp')
+    p = persist.Persister(tmp_path, _loop(), CONFIG, events_path=str(events))
+    p.restore()
+    batch = [{"type": "outputs"}]
+    p.handle(batch)
+    assert batch[0]["seq"] == 41
+    p.close()
+
+
+def test_a_journal_line_cut_by_a_crash_does_not_swallow_the_next_record(tmp_path):
+    (tmp_path / "journal.jsonl").write_text('{"type":"command","seq":1}\n{"type":"comm')
+    loop = _loop()
+    p = persist.Persister(tmp_path, loop, CONFIG)
+    p.restore()
+    p.handle([{"type": "command", "action": "ack"}])
+    assert [r.get("action") for r in persist.read_journal(tmp_path)] == [None, "ack"]
+    p.close()

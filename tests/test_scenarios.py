@@ -99,7 +99,9 @@ def test_thermal_runaway_trips_on_the_rise_first():
     assert end["state"] == "TRIPPED"
     assert {"temp_rise", "temp_material_high", "co_high"} <= set(end["causes"])
     # Trip effects of a thermal cause: dilute and inert, keep drawing to the RTO (below atmosphere).
-    assert end["outputs"] == {"crusher": False, "feed": False, "n2_purge": True, "n2_boost": True,
+    # `commanded`: what the last scan commanded; `outputs`: the safe state the end forced.
+    assert end["forced_safe"] is True and end["outputs"]["crusher"] is False
+    assert end["commanded"] == {"crusher": False, "feed": False, "n2_purge": True, "n2_boost": True,
                               "exhaust": True, "vent": False, "alarm": True, "horn": True}
 
 
@@ -268,6 +270,9 @@ HEAD = 'name = "x"\nduration_s = 100\n'
      "bad.toml: [[at]] #1 (t = 1) needs exactly one of command, event, fault, force (has command, event)"),
     ('[[at]]\nt = 1\ncommand = "start"\nsorce = "remote"\n',
      "bad.toml: [[at]] #1 (t = 1) unknown key 'sorce'"),
+    ('[[at]]\nt = 1\ncomand = "purge"\n',   # a misspelt action: name it and the closest known key
+     "bad.toml: [[at]] #1 (t = 1) needs exactly one of command, event, fault, force; unknown key 'comand' "
+     "(did you mean 'command'?)"),
     ('[[at]]\nt = 500\ncommand = "start"\n',
      "bad.toml: [[at]] #1 (t = 500) t = 500 is after the end of the scenario (duration_s = 100.0)"),
     ('[[at]]\nt = 1\nforce = "temp_gas"\nvalue = "hot"\n',
@@ -306,3 +311,13 @@ def test_simulate_cli_writes_events_file(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = [json.loads(x) for x in events.read_text().splitlines()]
     assert lines[-1]["type"] == "end" and lines[-1]["state"] == "TRIPPED"
+
+
+def test_an_event_log_cut_by_a_crash_loses_no_record_of_the_next_run(tmp_path):
+    """A kill -9 mid-line leaves `{"t":2,"ty`: the next run's first record must not be glued to it."""
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"t":1,"type":"state"}\n{"t":2,"ty')
+    with open(path, "a", encoding="utf-8") as stream:
+        scenario.EventLog(stream).write([{"t": 0.0, "type": "state", "to": "BOOT"}])
+    lines = path.read_text().splitlines()
+    assert lines[1] == '{"t":2,"ty' and json.loads(lines[2]) == {"t": 0.0, "type": "state", "to": "BOOT"}

@@ -128,7 +128,7 @@ class PlantLink:
         self._delete_at = 0.0
         self._connected_at = 0.0                     # wall clock of the current CONNACK
         self._telemetry_seq = 0
-        self._next_telemetry = 0.0
+        self._next_telemetry = 0.0                   # monotonic: the next telemetry is due then
         self._status_due = True
         self._status_old: Any = None
         self._status_last: dict | None = None
@@ -584,10 +584,14 @@ class PlantLink:
         return self.loop.latest
 
     def _telemetry(self, now: float) -> None:
-        if now < self._next_telemetry:
+        """now: the wall clock, the payload's `ts` only. The period runs on time.monotonic(): a
+        wall clock stepped back (NTP, a hand-set clock) must not stop telemetry for the length
+        of the step, nor a step forward make it burst."""
+        mono = time.monotonic()
+        if mono < self._next_telemetry:
             return
         period = self.s.telemetry_period_s
-        self._next_telemetry = max(self._next_telemetry + period, now + period / 2)
+        self._next_telemetry = max(self._next_telemetry + period, mono + period / 2)
         snap = self.loop.latest
         self.loop.request_snapshot()   # read on the next period: the loop is never waited for
         if snap is None or not self._connected:

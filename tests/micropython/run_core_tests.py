@@ -11,7 +11,7 @@ on any failure. tests/test_micropython.py checks each module's count against CPy
 
 import sys
 
-MODULES = ("test_core", "test_health", "test_hazards")
+MODULES = ("test_core", "test_health", "test_hazards", "test_clocks")
 
 
 def collect(mod):

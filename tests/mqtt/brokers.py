@@ -72,6 +72,11 @@ class Broker:
             "log_dest stderr",
             "log_type error",
             "log_type warning",
+            # The broker sends at once (no Nagle): otherwise a small message to a client that has
+            # not yet ACKed the previous one waits up to 40 ms for its delayed ACK, and each
+            # request/reply round trip of a test pays that twice. Tests never judge latency (the
+            # bench does, on a broker like this one); the shipped samples are tested as shipped.
+            "set_tcp_nodelay true",
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             # Started as root, mosquitto drops to user "mosquitto", which cannot read our tmp files.

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import queue
+import socket
 import sys
 import threading
 import time
@@ -93,7 +94,15 @@ class Subscriber:
             self.c.username_pw_set(username, password)
         if tls:
             self.c.tls_set(ca_certs=tls.get("ca"), certfile=tls.get("cert"), keyfile=tls.get("key"))
-        self.c.reconnect_delay_set(1, 1)
+        # Reconnect every 0.25 s (paho's default is 1..120 s): a broker restarted by a test is
+        # found again at once, and close() after the broker is gone does not sit out a 1 s
+        # reconnect wait (paho sleeps it in one piece before it sees loop_stop()).
+        self.c.reconnect_delay_set(0.25, 0.25)
+        # The test's own client sends at once (TCP_NODELAY), as bench_mqtt's do: with Nagle's
+        # algorithm a small PUBLISH or PUBACK can wait up to 40 ms for a delayed TCP ACK, and every
+        # request/reply exchange of a test pays it. The controller's socket is left as it ships.
+        self.c.on_socket_open = lambda _c, _u, sock: sock.setsockopt(socket.IPPROTO_TCP,
+                                                                     socket.TCP_NODELAY, 1)
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
         self.c.on_subscribe = lambda *a: self.subscribed.set()

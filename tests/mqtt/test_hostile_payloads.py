@@ -20,6 +20,7 @@ from conftest import Subscriber, plant_config, wait_for
 from fakeloop import FakeLoop, Runner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from thoroughness import examples
 
 from controller.link import client as mq
 from controller.link import commands
@@ -56,7 +57,7 @@ class Rig:
     def reply_for(self, cmd_id: str, timeout: float = 20.0) -> dict:
         def find():
             return next((r for r in self.replies() if r["id"] == cmd_id), None)
-        return wait_for(find, timeout=timeout, what=f"reply to {cmd_id}")
+        return wait_for(find, timeout=timeout, interval=0.005, what=f"reply to {cmd_id}")
 
     def command(self, action: str = "ack", by: str = "probe") -> dict:
         cmd_id = uuid.uuid4().hex
@@ -211,7 +212,7 @@ payloads = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
 @given(payload=payloads)
 def test_any_payload_gets_a_reply_or_is_ignored_by_rule(rig, payload):

@@ -99,7 +99,7 @@ def test_watch_shows_a_cell_and_rejects_bad_arguments(broker, tmp_path):
     link.start()
     try:
         out = subprocess.run([sys.executable, "-m", "controller.cli", "watch", "--broker",
-                              f"127.0.0.1:{broker.port}", "--plain", "--duration", "3"], cwd=ROOT,
+                              f"127.0.0.1:{broker.port}", "--plain", "--duration", "1.5"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert "cell1" in out.stdout and "IDLE" in out.stdout

@@ -173,7 +173,7 @@ def test_reply_queue_is_bounded_and_drops_are_counted(broker, tmp_path, subscrib
 
 
 def test_history_is_paced_at_history_rate_per_s(broker, tmp_path, subscriber_factory):
-    rate, n = 20.0, 80
+    rate, n = 40.0, 80   # paced: 60 messages after the burst take 1.5 s (unpaced: a few ms)
     link = PlantLink(plant_config(port=broker.port, history_batch=1, history_rate_per_s=rate), FakeLoop(),
                      state_dir=str(tmp_path / "s"))
     try:

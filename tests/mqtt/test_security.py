@@ -179,7 +179,9 @@ def test_tls_handshake_and_socket_failures_are_logged(secure, broker, tmp_path, 
     )
     for n, (port, mqtt, words) in enumerate(cases):
         caplog.clear()
-        link = PlantLink(plant_config(port=port, **mqtt), FakeLoop(), state_dir=str(tmp_path / f"s{n}"))
+        # Retries every 0.1..0.2 s: three failed attempts come within a second (one warning all the same).
+        config = plant_config(port=port, reconnect_min_s=0.1, reconnect_max_s=0.2, **mqtt)
+        link = PlantLink(config, FakeLoop(), state_dir=str(tmp_path / f"s{n}"))
         link.start()
         try:
             wait_for(lambda: link.counters["connect_failed"] >= 3, what=f"failed attempts ({words})")  # noqa: B023
