@@ -39,6 +39,12 @@ deploy-lint:
 check-arm64:
 	deploy/check-arm64.sh
 
+## check-systemd: install with deploy/install.sh and check the service under a real systemd
+## (Debian 12 booted in systemd-nspawn; needs root and the network; about 2 minutes once cached)
+.PHONY: check-systemd
+check-systemd:
+	deploy/check-systemd.sh
+
 bench: $(STAMP) mosquitto
 	$(PY) -m bench
 

@@ -21,7 +21,9 @@
 # systemctl, raspi-config) instead of running them. These environment variables replace
 # the commands, and are run even with --root:
 #   CRUSHCELL_SYSTEMCTL, CRUSHCELL_USERADD, CRUSHCELL_USERMOD, CRUSHCELL_GROUPADD,
-#   CRUSHCELL_USERDEL, CRUSHCELL_RASPI_CONFIG, CRUSHCELL_PYTHON (python3 for the venv)
+#   CRUSHCELL_USERDEL, CRUSHCELL_RASPI_CONFIG, CRUSHCELL_PYTHON (python3 for the venv),
+#   CRUSHCELL_MOSQUITTO_PASSWD (mosquitto_passwd)
+# deploy/check-systemd.sh runs this script for real under systemd (Debian 12 in systemd-nspawn).
 set -euo pipefail
 
 readonly SERVICE=crushcell.service
@@ -46,8 +48,11 @@ SOURCE: a crushcell wheel, a source directory, or a prebuilt environment directo
                        (default: SOURCE/config/cell.toml or config/cell.toml beside deploy/)
   --version VERSION    version label (default: from the wheel name or pyproject.toml)
   --extras LIST        extras to install (default: hardware; "" for none)
-  --with-mosquitto     also install the sample Mosquitto broker config from deploy/mosquitto/
-  --ready-timeout SEC  how long the service may take to become active/running (default 60)
+  --with-mosquitto     also set up a local Mosquitto broker from deploy/mosquitto/: its config,
+                       ACL, a generated password for this cell's controller and, when absent,
+                       certificates; a config installed by this run is pointed at it
+  --ready-timeout SEC  how long the service may take to become active/running, counted from
+                       the restart (default 60); a start systemd reports failed ends it at once
   --settle SEC         how long it must then stay up without a restart (default 5)
   --no-start           install and enable, but do not (re)start the service
   --root DIR           install into DIR (tests); host steps are printed, not run
@@ -263,10 +268,11 @@ show_prop() {
 }
 
 # Healthy means what Type=notify gives: active/running only after READY=1, which the
-# controller sends after its first healthy scan. Then it must stay up for --settle seconds
-# without a restart (a version that crashes right after READY is not healthy).
+# controller sends after its first healthy scan once the self-test has left BOOT. Then it must
+# stay up for --settle seconds without a restart (a version that crashes right after READY is
+# not healthy). $1: the deadline (in $SECONDS) for active/running.
 wait_healthy() {
-    local deadline=$((SECONDS + ready_timeout)) active sub restarts pid
+    local deadline="$1" active sub restarts pid
     while :; do
         active="$(show_prop ActiveState)"
         sub="$(show_prop SubState)"
@@ -278,7 +284,7 @@ wait_healthy() {
             return 1
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
-            say "$SERVICE not ready after ${ready_timeout}s (ActiveState=$active, SubState=$sub)"
+            say "$SERVICE not ready within ${ready_timeout}s of the restart (ActiveState=$active, SubState=$sub)"
             return 1
         fi
         sleep 1
@@ -298,18 +304,33 @@ wait_healthy() {
     say "$SERVICE is active/running"
 }
 
-# Restart and wait until healthy. The restart blocks until READY=1 or failure (Type=notify),
-# bounded by --ready-timeout; then wait_healthy checks what systemd reports.
+# Restart and wait until healthy. The --ready-timeout deadline starts before the restart, so it
+# bounds the whole wait. With Type=notify `systemctl restart` returns when READY=1 arrives, or
+# fails when the start failed (the process exited, or sent no READY=1 within the unit's
+# TimeoutStartSec): that failure is systemd's verdict, and it is final here: a version that
+# fails its first start is not waited for through Restart= attempts.
 restart_and_wait() {
-    local rc=0
+    local deadline=$((SECONDS + ready_timeout)) left rc=0
     if ! can_query_systemd; then
+        systemctl_ reset-failed "$SERVICE" || true
         systemctl_ restart "$SERVICE"
         say "not waiting for the service under --root"
         return 0
     fi
-    timeout "$((ready_timeout + 5))" "${CRUSHCELL_SYSTEMCTL:-systemctl}" restart "$SERVICE" || rc=$?
-    [ "$rc" -eq 0 ] || say "systemctl restart $SERVICE returned $rc"
-    wait_healthy
+    # A version that exits at start uses up StartLimitBurst within seconds; systemd then refuses
+    # every start ("Start request repeated too quickly") until the failed state is reset.
+    systemctl_ reset-failed "$SERVICE" 2>/dev/null || true
+    left=$((deadline - SECONDS))
+    [ "$left" -ge 1 ] || left=1
+    timeout "$left" "${CRUSHCELL_SYSTEMCTL:-systemctl}" restart "$SERVICE" || rc=$?
+    if [ "$rc" -eq 124 ]; then
+        say "$SERVICE not ready within ${ready_timeout}s of the restart (systemctl restart still waiting)"
+        return 1
+    elif [ "$rc" -ne 0 ]; then
+        say "systemctl restart $SERVICE returned $rc: the start failed (exit, crash or no READY=1 within TimeoutStartSec)"
+        return 1
+    fi
+    wait_healthy "$deadline"
 }
 
 ensure_user() {
@@ -332,7 +353,21 @@ ensure_user() {
     fi
 }
 
-# Enable I2C. Prints "reboot" when a reboot is needed before the controller can read sensors.
+# The boot configuration of a Raspberry Pi (Bookworm: /boot/firmware/config.txt), or nothing.
+boot_config() {
+    local cfg
+    for cfg in "$root/boot/firmware/config.txt" "$root/boot/config.txt"; do
+        if [ -f "$cfg" ]; then
+            echo "$cfg"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Enable I2C: bus 1 (the Pi's controller) and, when the config puts a sensor on it, bus 3
+# (bit-banged i2c-gpio, for the MCP9600s). Sets i2c_changed when a reboot is needed before the
+# controller can read its sensors.
 i2c_changed=0
 enable_i2c() {
     local cfg line
@@ -342,12 +377,12 @@ enable_i2c() {
             host raspi-config CRUSHCELL_RASPI_CONFIG nonint do_i2c 0
             i2c_changed=1
         fi
+        enable_i2c_gpio
         return 0
     fi
-    cfg="$root/boot/firmware/config.txt"
-    [ -f "$cfg" ] || cfg="$root/boot/config.txt"
-    if [ ! -f "$cfg" ]; then
+    if ! cfg="$(boot_config)"; then
         say "warning: no raspi-config and no /boot/firmware/config.txt: enable I2C on this board by hand"
+        enable_i2c_gpio
         return 0
     fi
     line="$(grep -E '^[[:space:]]*#?[[:space:]]*dtparam=i2c_arm=' "$cfg" | head -n 1 || true)"
@@ -358,7 +393,8 @@ enable_i2c() {
         sed -i -E '0,/^[[:space:]]*#?[[:space:]]*dtparam=i2c_arm=.*/s//dtparam=i2c_arm=on/' "$cfg"
         i2c_changed=1
     else
-        printf '\n# crushcell: I2C for the sensors\ndtparam=i2c_arm=on\n' >> "$cfg"
+        # [all]: the lines before may sit under a board filter such as [cm5].
+        printf '\n[all]\n# crushcell: I2C for the sensors\ndtparam=i2c_arm=on\n' >> "$cfg"
         i2c_changed=1
     fi
     mkdir -p "$root/etc/modules-load.d"
@@ -366,10 +402,68 @@ enable_i2c() {
         echo i2c-dev > "$root/etc/modules-load.d/crushcell-i2c.conf"
         i2c_changed=1
     fi
+    enable_i2c_gpio
 }
 
+# Bus 3 of the reference wiring (docs/hardware.md): the MCP9600s stretch the clock, which the
+# Pi's I2C controller mishandles, so they sit on a bit-banged bus. The Pi firmware sets it up
+# from this overlay line at boot; nothing else does (raspi-config does not).
+readonly I2C_GPIO_OVERLAY="dtoverlay=i2c-gpio,bus=3,i2c_gpio_sda=16,i2c_gpio_scl=18"
+
+# True when the config (the live one, else the one about to be installed) has a sensor on bus 3.
+config_uses_bus3() {
+    local cfg="$config_file"
+    [ -f "$cfg" ] || cfg="$(config_source)" || return 1
+    [ -f "$cfg" ] || return 1
+    "${CRUSHCELL_PYTHON:-python3}" - "$cfg" <<'PY'
+import sys, tomllib
+try:
+    with open(sys.argv[1], "rb") as f:
+        sensors = tomllib.load(f).get("sensors", {})
+except (OSError, ValueError):
+    sys.exit(0)   # unreadable here: check-config reports it; assume the reference wiring
+sys.exit(0 if any(isinstance(s, dict) and isinstance(s.get("hardware"), dict)
+                  and s["hardware"].get("bus") == 3 for s in sensors.values()) else 1)
+PY
+}
+
+enable_i2c_gpio() {
+    local cfg
+    config_uses_bus3 || return 0
+    if ! cfg="$(boot_config)"; then
+        say "warning: no /boot/firmware/config.txt: add this line to the board's boot config by hand" \
+            "(I2C bus 3 for the MCP9600s): $I2C_GPIO_OVERLAY"
+        return 0
+    fi
+    if grep -qxE "[[:space:]]*${I2C_GPIO_OVERLAY}[[:space:]]*" "$cfg"; then
+        return 0
+    fi
+    if grep -qE '^[[:space:]]*dtoverlay=i2c-gpio,(.*,)?bus=3([,[:space:]]|$)' "$cfg"; then
+        say "warning: $cfg already makes bus 3 with another i2c-gpio line; left as it is" \
+            "(the reference wiring is: $I2C_GPIO_OVERLAY)"
+        return 0
+    fi
+    printf '\n[all]\n# crushcell: I2C bus 3, bit-banged on GPIO16 (SDA) and GPIO18 (SCL), for the MCP9600s (docs/hardware.md)\n%s\n' \
+        "$I2C_GPIO_OVERLAY" >> "$cfg"
+    i2c_changed=1
+    say "added '$I2C_GPIO_OVERLAY' to $cfg (I2C bus 3 for the MCP9600s); it takes effect at the next reboot"
+}
+
+# The config file to install when there is none: --config, SOURCE/config/cell.toml, or the one
+# beside deploy/.
+config_source() {
+    if [ -n "$config_src" ]; then
+        echo "$config_src"
+    elif [ -d "$source_arg" ] && [ -f "$source_arg/config/cell.toml" ]; then
+        echo "$source_arg/config/cell.toml"
+    else
+        echo "$script_dir/../config/cell.toml"
+    fi
+}
+
+config_installed=0
 install_config() {
-    local src="$config_src"
+    local src
     mkdir -p "$etc_dir" "$state_dir" "$logs_dir"
     chmod 0750 "$etc_dir" "$state_dir" "$logs_dir"
     chown_ "root:$SERVICE_USER" "$etc_dir"
@@ -378,49 +472,257 @@ install_config() {
         say "keeping the existing $config_file"
         return 0
     fi
-    if [ -z "$src" ]; then
-        if [ -d "$source_arg" ] && [ -f "$source_arg/config/cell.toml" ]; then
-            src="$source_arg/config/cell.toml"
-        else
-            src="$script_dir/../config/cell.toml"
-        fi
-    fi
+    src="$(config_source)"
     [ -f "$src" ] || die "no config to install: $src not found; pass --config FILE"
     # May hold plant-link credentials: readable by the service group only.
     install -m 0640 "$src" "$config_file"
     chown_ "root:$SERVICE_USER" "$config_file"
+    config_installed=1
     say "installed $src as $config_file"
 }
 
+# ---- the sample Mosquitto broker (--with-mosquitto) ------------------------------------------
+# deploy/mosquitto/mosquitto.conf goes to /etc/mosquitto/conf.d/crushcell.conf (Debian's main
+# config includes conf.d/); every other file goes where that conf points: the ACL (acl_file),
+# a password file (password_file) with a generated password for this cell's controller, and,
+# when none of them exist, a generated CA and server certificate (cafile, certfile, keyfile) for
+# its TLS listener. Existing files are never overwritten. The controller's side: the password
+# in /etc/crushcell/mqtt.password (mode 0600, the service user's), the CA in
+# /etc/crushcell/ca.crt and, in a config installed by this run, [mqtt] pointing at them.
+# Everything created is listed in $mosquitto_manifest, which --purge removes.
 mosquitto_manifest="$etc_dir/mosquitto-files"
+mosq_changed=0
+
+created_file() {  # record a file (or directory) this run created, for --purge
+    echo "${1#"$root"}" >> "$mosquitto_manifest"
+    mosq_changed=1
+}
+
+# conf_value FILE KEY: the first value of KEY in a mosquitto config file.
+conf_value() { awk -v k="$2" '$1 == k { print $2; exit }' "$1"; }
+
+# cell_id: [cell] id of the live config (the MQTT user is crushcell-<id>).
+cell_id() {
+    "${CRUSHCELL_PYTHON:-python3}" - "$config_file" <<'PY'
+import sys, tomllib
+try:
+    with open(sys.argv[1], "rb") as f:
+        print(tomllib.load(f)["cell"]["id"])
+except (OSError, ValueError, KeyError) as exc:
+    sys.exit(f"cannot read [cell] id from {sys.argv[1]}: {exc}")
+PY
+}
+
+mosquitto_passwd_() { "${CRUSHCELL_MOSQUITTO_PASSWD:-mosquitto_passwd}" "$@"; }
+
 install_mosquitto() {
-    local src_dir="$script_dir/mosquitto" f dest
-    if [ ! -d "$src_dir" ]; then
-        say "skipping Mosquitto: $src_dir not found"
+    local src_dir="$script_dir/mosquitto" conf acl passwd cafile certfile keyfile port cell user
+    if [ ! -f "$src_dir/mosquitto.conf" ]; then
+        say "skipping Mosquitto: $src_dir/mosquitto.conf not found"
         return 0
     fi
-    if [ -z "$root" ] && ! command -v mosquitto >/dev/null; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto
-    fi
-    # *.conf go to conf.d (Debian's mosquitto.conf includes it); other files (ACL, ...) to
-    # /etc/mosquitto/crushcell/. Existing files are never overwritten.
-    for f in "$src_dir"/*; do
-        [ -f "$f" ] || continue
-        case "$f" in
-            *.conf) dest="$root/etc/mosquitto/conf.d/$(basename "$f")" ;;
-            *) dest="$root/etc/mosquitto/crushcell/$(basename "$f")" ;;
-        esac
-        if [ -e "$dest" ]; then
-            say "keeping the existing $dest"
-            continue
+    if [ -z "$root" ]; then
+        local need=()
+        command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+        command -v openssl >/dev/null || need+=(openssl)
+        if [ "${#need[@]}" -gt 0 ]; then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" \
+                || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"; } \
+                || die "could not install ${need[*]}"
         fi
-        mkdir -p "$(dirname "$dest")"
-        install -m 0644 "$f" "$dest"
-        echo "${dest#"$root"}" >> "$mosquitto_manifest"
-        say "installed $dest"
-    done
+    fi
+    mkdir -p "$etc_dir"
+
+    conf="$root/etc/mosquitto/conf.d/crushcell.conf"
+    if [ -e "$conf" ]; then
+        say "keeping the existing $conf"
+    else
+        mkdir -p "$(dirname "$conf")"
+        install -m 0644 "$src_dir/mosquitto.conf" "$conf"
+        created_file "$conf"
+        say "installed $conf"
+    fi
+    # The other files go where the installed conf (maybe edited on site) says.
+    acl="$(conf_value "$conf" acl_file)"
+    passwd="$(conf_value "$conf" password_file)"
+    cafile="$(conf_value "$conf" cafile)"
+    certfile="$(conf_value "$conf" certfile)"
+    keyfile="$(conf_value "$conf" keyfile)"
+    port="$(conf_value "$conf" listener)"
+    cell="$(cell_id)" || die "the MQTT user is named after [cell] id; fix $config_file"
+    user="crushcell-$cell"
+
+    if [ -n "$acl" ]; then
+        if [ -e "$root$acl" ]; then
+            say "keeping the existing $root$acl"
+        else
+            if [ ! -d "$root$(dirname "$acl")" ]; then
+                mkdir -p "$root$(dirname "$acl")"
+                created_file "$root$(dirname "$acl")"
+            fi
+            install -m 0644 "$src_dir/crushcell.acl" "$root$acl"
+            created_file "$root$acl"
+            say "installed $root$acl"
+        fi
+        grep -qx "user $user" "$root$acl" \
+            || say "warning: $root$acl has no block for $user: add one (deploy/mosquitto/README.md shows how)"
+    fi
+
+    if [ -n "$passwd" ]; then
+        mosquitto_password "$root$passwd" "$user"
+    fi
+    if [ -n "$certfile" ]; then
+        mosquitto_certificates "$cafile" "$certfile" "$keyfile"
+    fi
+    mqtt_client_config "$user" "$port" "${cafile:+/etc/crushcell/ca.crt}"
+
     systemctl_ enable mosquitto.service
-    systemctl_ restart mosquitto.service
+    if [ "$mosq_changed" -eq 0 ]; then
+        say "Mosquitto files unchanged: not restarting mosquitto"
+        return 0
+    fi
+    if ! systemctl_ restart mosquitto.service; then
+        say "warning: mosquitto did not start: journalctl -u mosquitto -n 30 (the controller runs without its broker)"
+    fi
+}
+
+# A broker user for this cell's controller with a generated password: its hash in the broker's
+# password file, the password itself where the controller reads it. Kept when both exist.
+mosquitto_password() {
+    local file="$1" user="$2" secret="$etc_dir/mqtt.password" tmp password
+    if [ -f "$file" ] && grep -q "^$user:" "$file" && [ -s "$secret" ]; then
+        say "keeping the broker user $user ($file) and $secret"
+        return 0
+    fi
+    password="$(head -c 24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+    tmp="$(umask 077 && mktemp)"
+    printf '%s:%s\n' "$user" "$password" > "$tmp"
+    # -U hashes the file in place: the password never appears on a command line.
+    mosquitto_passwd_ -U "$tmp" || { rm -f "$tmp"; die "mosquitto_passwd -U failed"; }
+    mkdir -p "$(dirname "$file")"
+    if [ -f "$file" ]; then
+        # Replace this user's line (its old password is unknown to the controller).
+        { grep -v "^$user:" "$file" || true; cat "$tmp"; } > "$tmp.new"
+        cat "$tmp.new" > "$file"
+        rm -f "$tmp.new"
+        mosq_changed=1
+    else
+        install -m 0640 "$tmp" "$file"
+        created_file "$file"
+    fi
+    rm -f "$tmp"
+    chmod 0640 "$file"
+    chown_ root:mosquitto "$file"
+    (umask 077 && printf '%s\n' "$password" > "$secret")
+    chmod 0600 "$secret"
+    chown_ "$SERVICE_USER:$SERVICE_USER" "$secret"
+    say "created the broker user $user: password hash in $file, the password in $secret (mode 0600, for the controller)"
+}
+
+# make_certificates DIR NAME: DIR/ca.crt, DIR/server.crt, DIR/server.key for host NAME. EC P-256,
+# 10 years. The CA key signs this one certificate and is deleted with DIR: a plant with its own
+# PKI replaces the three files (and /etc/crushcell/ca.crt).
+make_certificates() {
+    local dir="$1" name="$2"
+    openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -days 3650 \
+        -subj "/CN=crushcell broker CA ($name)" -keyout "$dir/ca.key" -out "$dir/ca.crt" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null \
+        || return 1
+    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -subj "/CN=$name" \
+        -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null || return 1
+    printf 'subjectAltName=DNS:%s,DNS:%s.local,DNS:localhost,IP:127.0.0.1,IP:::1\n%s\n%s\n%s\n' "$name" "$name" \
+        basicConstraints=CA:FALSE keyUsage=critical,digitalSignature extendedKeyUsage=serverAuth > "$dir/ext"
+    openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+        -days 3650 -extfile "$dir/ext" -out "$dir/server.crt" 2>/dev/null
+}
+
+# A CA and a server certificate for the TLS listener, when none of the three files exists.
+mosquitto_certificates() {
+    local cafile="$1" certfile="$2" keyfile="$3" tmp name
+    if [ -e "$root$cafile" ] && [ -e "$root$certfile" ] && [ -e "$root$keyfile" ]; then
+        say "keeping the existing TLS files $root$cafile, $root$certfile, $root$keyfile"
+    elif [ -e "$root$cafile" ] || [ -e "$root$certfile" ] || [ -e "$root$keyfile" ]; then
+        say "warning: some of $cafile, $certfile, $keyfile exist: not generating any; Mosquitto needs all three"
+        return 0
+    else
+        command -v openssl >/dev/null || die "openssl missing (apt-get install openssl)"
+        name="$(hostname 2>/dev/null || echo crushcell)"
+        tmp="$(mktemp -d)"
+        make_certificates "$tmp" "$name" || { rm -rf "$tmp"; die "openssl could not make the broker's certificates"; }
+        mkdir -p "$root$(dirname "$cafile")" "$root$(dirname "$certfile")" "$root$(dirname "$keyfile")"
+        install -m 0644 "$tmp/ca.crt" "$root$cafile"
+        created_file "$root$cafile"
+        install -m 0644 "$tmp/server.crt" "$root$certfile"
+        created_file "$root$certfile"
+        install -m 0640 "$tmp/server.key" "$root$keyfile"
+        created_file "$root$keyfile"
+        chown_ root:mosquitto "$root$keyfile"
+        rm -rf "$tmp"
+        say "generated a CA and the broker's certificate (localhost, 127.0.0.1, $name): $root$cafile, $root$certfile, $root$keyfile"
+    fi
+    if [ ! -e "$etc_dir/ca.crt" ] && [ -f "$root$cafile" ]; then
+        install -m 0644 "$root$cafile" "$etc_dir/ca.crt"
+        say "copied the broker's CA to $etc_dir/ca.crt (the controller's [mqtt] ca_file); give it to the plant's MQTT clients too"
+    fi
+}
+
+# [mqtt] of the controller's config for the local broker. Only a config this run installed is
+# changed (an existing one is never edited); otherwise the lines to set are printed.
+mqtt_client_config() {
+    local user="$1" port="$2" ca="$3" args
+    args=(username "\"$user\"" password_file "\"/etc/crushcell/mqtt.password\"")
+    if [ -n "$ca" ]; then
+        args+=(tls true require_tls true ca_file "\"$ca\"")
+    fi
+    [ -z "$port" ] || args+=(port "$port")
+    if [ "$config_installed" -ne 1 ]; then
+        if ! grep -q "^[[:space:]]*username[[:space:]]*=" "$config_file" 2>/dev/null; then
+            say "note: $config_file was there before, so it is not changed. For the local broker, set in [mqtt]:"
+            local i
+            for ((i = 0; i < ${#args[@]}; i += 2)); do
+                say "    ${args[i]} = ${args[i + 1]}"
+            done
+        fi
+        return 0
+    fi
+    "${CRUSHCELL_PYTHON:-python3}" - "$config_file" "${args[@]}" <<'PY' || die "could not set [mqtt] in $config_file"
+import os, re, sys, tomllib
+path, pairs = sys.argv[1], sys.argv[2:]
+values = dict(zip(pairs[::2], pairs[1::2]))          # key -> TOML literal
+text = open(path, encoding="utf-8").read()
+mqtt = tomllib.loads(text).get("mqtt", {})
+if not mqtt.get("enabled", True) or mqtt.get("host", "127.0.0.1") not in ("127.0.0.1", "localhost", "::1"):
+    print(f"install.sh: note: [mqtt] in {path} is off or names another broker; not changed")
+    sys.exit(0)
+head = re.search(r"(?m)^\[mqtt\][ \t]*(#.*)?\n", text)
+if head is None:
+    text = text.rstrip("\n") + "\n\n[mqtt]\n"
+    head = re.search(r"(?m)^\[mqtt\][ \t]*\n", text)
+start = head.end()
+nxt = re.compile(r"(?m)^\[").search(text, start)
+end = nxt.start() if nxt else len(text)
+body = text[start:end]
+for key, literal in values.items():
+    line = f"{key} = {literal}   # set by install.sh --with-mosquitto"
+    body, n = re.subn(rf"(?m)^[ \t]*{re.escape(key)}[ \t]*=.*$", line, body, count=1)
+    if n == 0:   # else a commented-out example of the key, else a new line
+        body, n = re.subn(rf"(?m)^[ \t]*#[ \t]*{re.escape(key)}[ \t]*=.*$", line, body, count=1)
+    if n == 0:
+        stripped = body.rstrip("\n")
+        body = stripped + "\n" + line + "\n" + body[len(stripped):].lstrip("\n")
+text = text[:start] + body + text[end:]
+got = tomllib.loads(text)["mqtt"]
+for key, literal in values.items():
+    assert got[key] == tomllib.loads(f"v = {literal}")["v"], key
+tmp = path + ".new"
+with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+st = os.stat(path)
+os.chown(tmp, st.st_uid, st.st_gid)   # root:crushcell 0640, as install_config left it
+os.chmod(tmp, st.st_mode & 0o7777)
+os.replace(tmp, path)
+print(f"install.sh: set [mqtt] {', '.join(values)} in {path} for the local broker")
+PY
 }
 
 lock() {
@@ -441,9 +743,9 @@ do_install() {
     fi
     lock
     ensure_user
-    enable_i2c
     build_version "$src" reuse
     install_config
+    enable_i2c
     [ "$with_mosquitto" -eq 0 ] || install_mosquitto
     # Checked before the service is started: a config the controller rejects never runs.
     check_config_with "$ver" \
@@ -493,6 +795,8 @@ do_upgrade() {
         exit 1
     fi
     say "switching from $old to $ver"
+    local old_previous
+    old_previous="$(readlink "$prefix/previous" 2>/dev/null || true)"
     set_link previous "$old"
     install_unit_of "$ver"
     set_link current "$ver"
@@ -504,6 +808,12 @@ do_upgrade() {
     echo "install.sh: error: crushcell $ver did not become healthy; rolling back to $old" >&2
     install_unit_of "$old"
     set_link current "$old"
+    # previous goes back to what it was, so the version before $old is not lost.
+    if [ -n "$old_previous" ]; then
+        set_link previous "$old_previous"
+    else
+        rm -f "$prefix/previous"
+    fi
     if restart_and_wait; then
         remove_if_created
         echo "install.sh: rolled back: $old is running again. See: journalctl -u crushcell" >&2
@@ -528,9 +838,16 @@ do_uninstall() {
     fi
     if [ -f "$mosquitto_manifest" ]; then
         local f
+        # Files first, then the directories this script created (when they are empty).
         while IFS= read -r f; do
-            [ -n "$f" ] && rm -f "$root$f"
+            [ -z "$f" ] || [ -d "$root$f" ] || rm -f "$root$f"
         done < "$mosquitto_manifest"
+        while IFS= read -r f; do
+            [ -z "$f" ] || [ ! -d "$root$f" ] || rmdir "$root$f" 2>/dev/null \
+                || say "kept $root$f: it holds files install.sh did not put there"
+        done < "$mosquitto_manifest"
+        say "removed the Mosquitto files install.sh had installed; restarting mosquitto without them"
+        systemctl_ try-restart mosquitto.service || say "warning: mosquitto did not restart: journalctl -u mosquitto"
     fi
     rm -rf "$etc_dir" "$state_dir" "$logs_dir"
     if [ -n "$root" ] || id "$SERVICE_USER" >/dev/null 2>&1; then

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "hardware"))
 from gpiozero.pins.mock import MockFactory  # noqa: E402
 from hwfakes import FakeCellWiring, make_config  # noqa: E402
 
-from controller import cli  # noqa: E402
+from controller import runtime  # noqa: E402
 from controller.loop import ScanLoop  # noqa: E402
 from controller.names import OUTPUTS  # noqa: E402
 from hal.hardware import HardwareCell  # noqa: E402
@@ -101,7 +101,7 @@ def test_sigterm_leaves_every_output_safe(tmp_path):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        assert cli.serve(run_args(tmp_path), config, cell) == 0
+        assert runtime.serve(run_args(tmp_path), config, cell) == 0
     finally:
         signal.signal(signal.SIGTERM, old)
         driver.done.set()

@@ -28,8 +28,8 @@ import traceback
 from pathlib import Path
 
 from controller import config, persist
-from controller.cli import Pump
 from controller.loop import ScanLoop
+from controller.runtime import Pump
 from controller.scenario import EventLog
 from hal.sim import SimulatedCell
 

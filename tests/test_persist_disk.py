@@ -332,13 +332,13 @@ event = "estop"
 SERVE = """
 import sys
 import hal
-from controller import cli, config, scenario
+from controller import cli, config, runtime, scenario
 args = cli.build_parser().parse_args(sys.argv[1:])
 cfg = config.load(args.config)
 sc = scenario.load(args.scenario)
 io = hal.open_backend("sim", cfg, seed=sc.seed)
 try:
-    sys.exit(cli.serve(args, cfg, io, sc))
+    sys.exit(runtime.serve(args, cfg, io, sc))
 finally:
     io.close()
 """

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from controller import journald
-from controller.cli import DIAGNOSE_SIGNALS, IGNORED_SIGNALS, signal_name, stop_signals
 from controller.config import load
+from controller.runtime import DIAGNOSE_SIGNALS, IGNORED_SIGNALS, signal_name, stop_signals
 
 ROOT = Path(__file__).resolve().parents[1]
 SAFE = load(ROOT / "config" / "cell.toml").safe_outputs()

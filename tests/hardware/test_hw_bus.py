@@ -247,8 +247,8 @@ def test_probe_checks_the_recovery_wiring_at_rest():
 
 def test_a_bus_lockup_raises_i2c_bus_stuck_and_its_clearing_i2c_bus_recovered():
     """The pump turns the backend's counters into alarms (events, status, MQTT), as it runs in `run`."""
-    from controller.cli import Pump
     from controller.loop import ScanLoop
+    from controller.runtime import Pump
 
     cell, wiring, config = build()
     loop = ScanLoop(config, cell)

@@ -41,9 +41,9 @@ def fast_config_file(folder: Path, extra_mqtt: str = "", remote_reset: bool = Fa
 
 class Plant:
     def __init__(self, config, state_dir, *, broker: str | None = None, speed: float = 2.0, seed: int = 0):
-        from controller.cli import Pump
         from controller.link.mqtt import PlantLink
         from controller.loop import ScanLoop
+        from controller.runtime import Pump
         from hal.sim import SimulatedCell
 
         self.config = config
