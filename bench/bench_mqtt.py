@@ -231,7 +231,9 @@ def latency(port: int, folder: Path, seconds: float = 25.0) -> dict:
     link.start()
     persister.seq = max(persister.seq, link.outbox.last_seq)
     tracker = Tracker(state, config, loop, always=False)
-    with open(state / "journal-echo.log", "w", encoding="utf-8") as echo, contextlib.redirect_stderr(echo):
+    # The Pump's echo (JSON event lines on stdout, logs on stderr: the journal) goes to a file.
+    with open(state / "journal-echo.log", "w", encoding="utf-8") as echo, contextlib.redirect_stdout(echo), \
+            contextlib.redirect_stderr(echo):
         pump = Pump(loop, events_file=None, show_status=False, link=link, persister=persister,
                     calibration=tracker)
         loop.events.extend(loop.initial_events())

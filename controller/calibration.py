@@ -251,7 +251,7 @@ class Tracker:
         self.check_clock(wall)
 
     def check(self, today: dt.date) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        if not self.always and not (self.dir / CALIBRATION_FILE).exists():
+        if not enforced(self.dir, self.always):
             result: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
             self.newest = None
         else:
@@ -289,13 +289,44 @@ class Tracker:
         return bad
 
 
-def show(state_dir: str | Path, limits: dict[str, float], today: dt.date) -> str:
+def enforced(state_dir: str | Path, always: bool) -> bool:
+    """Whether the records are enforced: always on real sensors (`always`, --hal hardware); on the
+    simulated cell only once a calibration.json exists in the state dir (a simulated sensor needs
+    no bump test; recording one opts in). The Tracker and `show` both ask this, so they agree."""
+    return always or (Path(state_dir) / CALIBRATION_FILE).exists()
+
+
+def show(state_dir: str | Path, limits: dict[str, float], today: dt.date, *, always: bool = True,
+         backend: str = "hardware") -> str:
+    """The table of `crushcell calibration show`, as a controller on `backend` would judge it.
+
+    always: as the Tracker's (True for --hal hardware). Without a calibration.json a simulated
+    cell enforces nothing: the table then says so, and why, instead of "blocks start"."""
     rows = status(load(state_dir), limits, today)
-    lines = [f"{'sensor':<10} {'kind':<12} {'last':<11} {'due on':<11} status"]
+    applies = enforced(state_dir, always)
+    path = Path(state_dir) / CALIBRATION_FILE
+    lines = []
+    if not applies:
+        lines += [f"{path}: none. On the simulated cell (--hal {backend}) the records apply only once a "
+                  "calibration.json exists",
+                  "(a simulated sensor needs no bump test; docs/safety.md, \"Calibration and bump tests\"), "
+                  "so nothing below blocks start there.",
+                  "On the board (--hal hardware) every sensor never recorded blocks start.", ""]
+    elif not always:
+        lines += [f"{path} exists: the simulated cell (--hal {backend}) enforces these records as the board "
+                  "does.", ""]
+    elif not path.exists():
+        lines += [f"{path}: none. Judged for the board (--hal {backend}): every sensor never recorded blocks "
+                  "start.",
+                  "The simulated cell (--hal sim or mock, as in `make run`) applies the records only once a "
+                  "calibration.json exists: crushcell calibration show --hal sim", ""]
+    lines.append(f"{'sensor':<10} {'kind':<12} {'last':<11} {'due on':<11} status")
     for r in rows:
         state = "OVERDUE: blocks start" if r["overdue"] else ("due" if r["due"] else "ok")
         if r["last"] is None:
             state = "never recorded: blocks start"
+        if not applies:   # no file, so no record either
+            state = "never recorded: not enforced on the simulated cell"
         last, due_on = r["last"] or "-", r["due_on"] or "-"
         lines.append(f"{r['sensor']:<10} {r['kind']:<12} {last:<11} {due_on:<11} {state}")
     return "\n".join(lines) + "\n"

@@ -225,7 +225,9 @@ def rows(config: Any) -> list[tuple[str, ...]]:
     return out
 
 
-def render(config: Any, fmt: str = "md") -> str:
+def render(config: Any, fmt: str = "md", *, version: str | None = None, generated: str | None = None) -> str:
+    """The matrix as md, csv or html. html only: `version` (default: this crushcell's) and
+    `generated` (default: now, local time) go in the page's header."""
     table = rows(config)
     if fmt == "csv":
         buf = io.StringIO()
@@ -234,11 +236,7 @@ def render(config: Any, fmt: str = "md") -> str:
         w.writerows(table)
         return buf.getvalue()
     if fmt == "html":
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-        body = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table)
-        return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>crushcell cause and effect: "
-                f"{html.escape(config.cell_id)}</title></head><body>\n<table border=\"1\">\n<tr>{head}</tr>\n"
-                f"{body}\n</table>\n</body></html>\n")
+        return render_html(config, table, version=version, generated=generated)
     if fmt != "md":
         raise ValueError(f"unknown format {fmt!r}: md, csv or html")
 
@@ -248,6 +246,146 @@ def render(config: Any, fmt: str = "md") -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in table]
     return "\n".join(lines) + "\n"
+
+
+# -- the printable page (html) --------------------------------------------------------------------
+# Why a page of its own: the matrix is signed off on paper. One self-contained file (no fonts, no
+# scripts, nothing fetched), A3 landscape, the header repeated on every page, and on every page the
+# configuration's path and sha256 and the crushcell version, so a signed sheet names exactly what it
+# was made from (`crushcell check-config PATH` prints the same hash; `run` journals it at start).
+KIND_CLASSES = (("trip effect", "k-effect"), ("trip", "k-trip"), ("controlled stop", "k-stop"),
+                ("permissive", "k-permissive"), ("automatic", "k-automatic"))
+KIND_LEGEND = (("k-trip", "trip: latched, needs a reset"), ("k-effect", "trip effect: the gas outputs "
+               "in TRIPPED by cause class"), ("k-stop", "controlled stop: RUNNING to STOPPING"),
+               ("k-permissive", "permissive: a command refused until met"),
+               ("k-automatic", "automatic transition"))
+
+PAGE_CSS = """
+@page { size: A3 landscape; margin: 12mm 10mm 14mm 10mm;
+  @bottom-left { content: var(--footer); font: 7pt sans-serif; color: #444; }
+  @bottom-right { content: "page " counter(page) " of " counter(pages); font: 7pt sans-serif; color: #444; } }
+* { -webkit-print-color-adjust: exact; print-color-adjust: exact; box-sizing: border-box; }
+body { font-family: "DejaVu Sans", "Liberation Sans", Arial, sans-serif; font-size: 7.5pt; color: #111;
+  margin: 0; }
+header { display: flex; gap: 12mm; align-items: flex-start; margin-bottom: 3mm; }
+h1 { font-size: 15pt; margin: 0 0 1mm 0; }
+.provenance { border-collapse: collapse; font-size: 8pt; }
+.provenance th { text-align: left; padding: 0.4mm 3mm 0.4mm 0; font-weight: normal; color: #555; }
+.provenance td { padding: 0.4mm 0; }
+code { font-family: "DejaVu Sans Mono", "Liberation Mono", monospace; font-size: 7.5pt; }
+.legend { display: flex; flex-wrap: wrap; gap: 1mm 3mm; font-size: 7pt; max-width: 190mm; }
+.legend span { padding: 0.3mm 1.5mm; border: 0.2mm solid #999; }
+table.matrix { border-collapse: collapse; width: 100%; table-layout: auto; }
+table.matrix thead { display: table-header-group; }
+table.matrix tr { break-inside: avoid; page-break-inside: avoid; }
+table.matrix th { background: #263238; color: #fff; font-weight: bold; padding: 0.8mm;
+  border: 0.2mm solid #666; vertical-align: bottom; text-align: left; }
+table.matrix th .safe { display: block; font-weight: normal; font-size: 6.5pt; color: #cfd8dc; }
+table.matrix td { padding: 0.6mm 0.8mm; border: 0.2mm solid #aaa; vertical-align: top; }
+td.out { text-align: center; white-space: nowrap; }
+.en { background: #ffb74d; font-weight: bold; }
+.de { background: #e8f5e9; color: #1b5e20; }
+.varies { outline: 0.5mm dashed #6d4c41; outline-offset: -0.6mm; }
+.k-trip { background: #f8c9cd; }
+.k-effect { background: #dcc9f2; }
+.k-stop { background: #bcd7fb; }
+.k-permissive { background: #b2ebf2; }
+.k-automatic { background: #dfe3e6; }
+tr.row-trip td.kind, tr.row-trip td.cause { background: #f8c9cd; }
+tr.row-effect td.kind, tr.row-effect td.cause { background: #dcc9f2; }
+tr.row-stop td.kind, tr.row-stop td.cause { background: #bcd7fb; }
+tr.row-permissive td.kind, tr.row-permissive td.cause { background: #b2ebf2; }
+tr.row-automatic td.kind, tr.row-automatic td.cause { background: #dfe3e6; }
+td.cause { font-weight: bold; white-space: nowrap; }
+.signoff { margin-top: 5mm; border-collapse: collapse; font-size: 8pt; break-inside: avoid; }
+.signoff th, .signoff td { border: 0.2mm solid #666; padding: 1.5mm 3mm; min-width: 45mm; text-align: left; }
+.signoff td { height: 10mm; }
+"""
+
+
+def _kind_class(kind: str) -> str:
+    for prefix, cls in KIND_CLASSES:
+        if kind.startswith(prefix):
+            return cls
+    return "k-other"
+
+
+def _energised(config: Any, output: str, word: str) -> str:
+    """The CSS classes of one output cell: en (relay energised: the output away from its configured
+    safe state) or de (de-energised: the safe state, what a dead board gives), by its leading word;
+    varies when some states differ ("open (PURGING: closed)")."""
+    lead = word.split(" ", 1)[0]
+    if lead not in ("on", "open", "off", "closed"):
+        return "out"
+    on = lead in ("on", "open")
+    cls = "out en" if on != config.outputs[output].safe else "out de"
+    return cls + (" varies" if "(" in word and ":" in word else "")
+
+
+def _css_string(text: str) -> str:
+    """`text` as a CSS string literal inside <style> (for the page footer): never HTML-escaped
+    there (it is raw text), so `<` is a CSS escape and no `</style>` can end the element."""
+    text = text.replace("\\", "\\5c ").replace('"', "\\22 ").replace("<", "\\3c ")
+    return '"' + text.replace("\n", "\\a ").replace("\r", "") + '"'
+
+
+def render_html(config: Any, table: list[tuple[str, ...]], *, version: str | None = None,
+                generated: str | None = None) -> str:
+    import datetime as dt
+
+    from controller import __version__
+
+    version = version or __version__
+    generated = generated or dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %z")
+    e = html.escape
+    n_fixed = len(COLUMNS) - len(OUTPUTS)
+    head = "".join(f"<th>{e(c)}</th>" for c in COLUMNS[:n_fixed])
+    for name in OUTPUTS:
+        safe = _word(name, config.outputs[name].safe)
+        head += f'<th>{e(name)}<span class="safe">safe: {e(safe)}</span></th>'
+    body = []
+    for r in table:
+        cells = [f'<td class="kind">{e(r[0])}</td>', f'<td class="cause">{e(r[1])}</td>']
+        cells += [f"<td>{e(c)}</td>" for c in r[2:n_fixed]]
+        cells += [f'<td class="{_energised(config, name, w)}">{e(w)}</td>'
+                  for name, w in zip(OUTPUTS, r[n_fixed:], strict=True)]
+        body.append(f'<tr class="row row-{_kind_class(r[0])[2:]}">' + "".join(cells) + "</tr>")
+    legend = "".join(f'<span class="{c}">{e(t)}</span>' for c, t in KIND_LEGEND)
+    legend += ('<span class="en">energised: the relay pulled in, the output away from its safe state</span>'
+               '<span class="de">de-energised: the safe state (no power, a dead board, a cut wire)</span>'
+               '<span class="varies">dashed: differs in the states named</span>')
+    footer = (f"crushcell {version} cause and effect, cell {config.cell_id}: {config.path} "
+              f"sha256 {config.sha256}, {generated}")
+    title = f"crushcell cause and effect: {config.cell_id}"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{e(title)}</title>
+<style>:root {{ --footer: {_css_string(footer)}; }}
+{PAGE_CSS}</style></head>
+<body>
+<header>
+<div><h1>Cause and effect matrix, cell <span id="cell-id">{e(config.cell_id)}</span></h1>
+<table class="provenance">
+<tr><th>configuration</th><td id="config-path"><code>{e(config.path)}</code></td></tr>
+<tr><th>sha256</th><td id="config-sha256"><code>{e(config.sha256)}</code></td></tr>
+<tr><th>crushcell</th><td id="crushcell-version">{e(version)}</td></tr>
+<tr><th>date</th><td id="generated">{e(generated)}</td></tr>
+</table></div>
+<div class="legend">{legend}</div>
+</header>
+<table class="matrix">
+<thead><tr>{head}</tr></thead>
+<tbody>
+{chr(10).join(body)}
+</tbody>
+</table>
+<table class="signoff">
+<tr><th>role</th><th>name</th><th>signature</th><th>date</th></tr>
+<tr><th>reviewed by</th><td></td><td></td><td></td></tr>
+<tr><th>approved by</th><td></td><td></td><td></td></tr>
+</table>
+</body></html>
+"""
 
 
 def embedded(text: str) -> str | None:

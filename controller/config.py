@@ -14,6 +14,7 @@ from typing import Any
 from controller import envelope
 from controller.configtools import MISSING, InputFileError, Section, fmt, read_toml
 from controller.link.settings import MqttSettings, read_mqtt
+from controller.logsetup import DEFAULT_LEVEL, LEVEL_NAMES
 from controller.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS
 from hal.bindings import range_problem, read_binding
 from hal.busconfig import read_i2c
@@ -82,6 +83,7 @@ class PlantConfig:
     i2c: dict[int, dict[str, Any]] = field(default_factory=dict)   # [i2c.<bus>] lock-up recovery wiring
     vote_recovery_s: float = 10.0          # [voting.o2] recovery_s
     frozen_s: float = 60.0                 # [voting.o2] frozen_s
+    log_level: str = "info"                # [logging] level: what `run` logs (-v / -q override it)
 
     def safe_outputs(self) -> dict[str, bool]:
         return {name: self.outputs[name].safe for name in OUTPUTS}
@@ -126,7 +128,7 @@ TIMERS = {
     "feedback_window_s": 10.0,
 }
 
-HAL_BACKENDS = ("hardware", "sim")
+HAL_BACKENDS = ("hardware", "sim", "mock")   # mock: the simulated cell (hal.SIMULATED)
 
 CALIBRATION = {
     # key: (default, min, max), in days. Gas sensors (names.CALIBRATED_SENSORS) drift and poison:
@@ -226,6 +228,9 @@ def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> Pla
     calibration = {k: cal.number(k, d, minval=lo, maxval=hi) for k, (d, lo, hi) in CALIBRATION.items()}
     cal.check_unknown()
     mqtt = read_mqtt(root.table("mqtt", {}))
+    logging_s = root.table("logging", {})
+    log_level = logging_s.string("level", DEFAULT_LEVEL, choices=LEVEL_NAMES)
+    logging_s.check_unknown()
     env.report()
 
     pins.append(("watchdog.heartbeat_pin", heartbeat_pin))
@@ -243,7 +248,7 @@ def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> Pla
         sensors=sensors, thresholds=thresholds, o2_group=o2_group, inputs=inputs,
         outputs=outputs, heartbeat_pin=heartbeat_pin, mqtt=mqtt, raw=data, calibration=calibration,
         permissive_loss_limit=permissive_loss_limit, vote_recovery_s=vote_recovery_s, frozen_s=frozen_s,
-        late_scan_trip_periods=late_scan_trip_periods, hal_backend=hal_backend, i2c=i2c,
+        late_scan_trip_periods=late_scan_trip_periods, hal_backend=hal_backend, i2c=i2c, log_level=log_level,
     )
     # The core checks its parameters again at construction; what passes here must pass there
     # (times are rounded to whole ms on the way).

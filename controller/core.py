@@ -701,7 +701,9 @@ class Core:
 
     def _outputs(self, crusher_fb):
         new = self._pick_outputs(crusher_fb)
-        if new is not self.outputs_t:
+        # Equal entries of the table are distinct tuples (the feedback bit outside RUNNING): an
+        # `outputs` record only when a value changes. Identity first: the common case costs no compare.
+        if new is not self.outputs_t and new != self.outputs_t:
             self.outputs_t = new
             self.outputs[:] = new
             self.events.append({"t": self.now / 1000.0, "type": "outputs", "outputs": self.outputs_dict()})

@@ -1,4 +1,7 @@
-"""Syslog priorities for the lines crushcell writes to stderr, when stderr is the systemd journal.
+"""Syslog priorities for the lines crushcell writes, when the stream is the systemd journal.
+
+`run` writes its JSON event lines to stdout (priorities from `event_priority`) and its log to
+stderr (priorities by level: controller/logsetup.py); under systemd both are the journal.
 
 Why: journald stores every stderr line at priority 6 (info) unless the line starts with an
 sd-daemon prefix such as ``<3>``. With the prefix, ``journalctl -u crushcell -p warning`` shows

@@ -6,8 +6,9 @@ through the command line.
 
 Why the pieces sit where they do:
 - The scan thread does no I/O. The pump thread (Pump) moves events out of it: it numbers them and
-  writes the latch and the journal (controller/persist.py), the event file, stderr (the journal
-  under systemd, with priorities) and the plant link.
+  writes the latch and the journal (controller/persist.py), the event file, stdout (JSON lines
+  only; the journal under systemd, with priorities) and the plant link. People's lines (banner,
+  log, status line, summary) go to stderr (controller/logsetup.py, controller/console.py).
 - Signals are handled in the main thread, which runs the scan loop: every one that would end or
   suspend the process stops the loop, and the loop's `finally` forces the outputs safe.
 - One controller per state dir, decided by a kernel lock (flock), never by a pid file.
@@ -18,17 +19,19 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
+import logging
 import os
 import signal
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-from controller import journald
-from controller.console import status_line
+from controller import journald, logsetup
+from controller.console import RunRecord, StatusLine
+from controller.logsetup import TERMINAL_LOCK
+from controller.persist import JOURNALED
 
 EXIT_OK = 0
 
@@ -39,27 +42,35 @@ class UsageError(Exception):
 
 BUS_RECOVERED_HOLD_S = 60.0   # i2c_bus_recovered stays active this long after a recovery
 LOGGED_EVENTS = ("state", "trip", "command", "alarm", "sensor", "scenario", "config", "persist", "stall",
-                 "end")
+                 "end", "panel")
+log = logging.getLogger("crushcell.run")
 
 
 class Pump(threading.Thread):
-    """Moves events out of the scan thread: to the event file, stderr (journal) and the link."""
+    """Moves events out of the scan thread: to the event file, stdout (JSON lines; the journal
+    under systemd) and the link; draws the status line on stderr."""
 
     def __init__(self, loop: Any, *, events_file: Any, show_status: bool, link: Any = None,
                  period_s: float = 0.25, echo: bool = True, persister: Any = None,
-                 calibration: Any = None):
+                 calibration: Any = None, trend: Any = None):
         super().__init__(name="crushcell-pump", daemon=True)
         self.loop = loop
         self.events_file = events_file
         self.show_status = show_status
         self.link = link
         self.period_s = period_s
-        self.echo = echo   # log events to stderr (the journal under systemd)
+        self.echo = echo   # JSON event lines on stdout (the journal under systemd)
         self.done = threading.Event()
         self.last_status = 0.0
         self.persister = persister        # latch file, event numbers, audit journal (controller.persist)
         self.calibration = calibration    # calibration records -> loop (controller.calibration)
+        self.trend = trend                # run --telemetry: the rotated trend CSV (controller.trendcsv)
         self.journal_prefix = journald.stream_is_journal(sys.stderr)   # <3>, <4>, <6> for journalctl -p
+        # The JSON event lines go to stdout (never mixed with prose, which goes to stderr); under
+        # systemd stdout is the journal too, and they carry their own priorities.
+        self.events_prefix = journald.stream_is_journal(sys.stdout)
+        self.record = RunRecord()         # counts, trips and the end record, for the exit summary
+        self.status = StatusLine(getattr(loop, "config", None)) if show_status else None   # on stderr
         self.failures = 0                 # flushes that raised (each reported once per kind)
         self._recoveries_seen = 0         # I2C bus recoveries already raised as an alarm
         self._failure_kinds: set[str] = set()
@@ -84,10 +95,8 @@ class Pump(threading.Thread):
             if kind not in self._failure_kinds:
                 self._failure_kinds.add(kind)
                 try:
-                    text = f"crushcell: the event pump failed ({kind}: {exc}); it runs on"
-                    print((journald.prefix(journald.ERR) if self.journal_prefix else "") + text,
-                          file=sys.stderr, flush=True)
-                    traceback.print_exc()
+                    # Through logging: every line of the traceback carries <3> under the journal.
+                    log.error("the event pump failed (%s: %s); it runs on", kind, exc, exc_info=True)
                 except Exception:   # noqa: BLE001 - stderr itself may be what fails
                     pass
 
@@ -98,6 +107,7 @@ class Pump(threading.Thread):
         events = loop.drain_events()
         if self.persister is not None:
             self.persister.handle(events)   # numbers them (seq), journals, writes the latch
+        self.record.feed(events, JOURNALED)   # for the exit summary: counts, trips, the end record
         if self.calibration is not None:
             self.calibration.tick(time.monotonic())
         if events:
@@ -106,20 +116,27 @@ class Pump(threading.Thread):
             for e in events if self.echo else ():
                 if e["type"] in LOGGED_EVENTS:
                     line = json.dumps(e, separators=(",", ":"), default=str)
-                    if self.journal_prefix:
+                    if self.events_prefix:
                         line = journald.prefix(journald.event_priority(e)) + line
-                    self._print(line, sys.stderr)
+                    self._print(line, sys.stdout)
             if self.link is not None:
                 for e in events:
                     self.link.offer_event(e)
+        if self.trend is not None:
+            # A row from the latest snapshot when one is due (the scan thread only copies its state
+            # into a Snapshot when asked); the next flush reads the one asked for here.
+            problem = self.trend.offer(loop.latest, time.time())
+            loop.request_snapshot()
+            if problem:
+                self._print((journald.prefix(journald.WARNING) if self.journal_prefix else "")
+                            + "crushcell: WARNING: " + problem, sys.stderr)
         now = time.monotonic()
         if self.show_status and now - self.last_status >= 0.25:
             self.last_status = now
             loop.request_snapshot()
             snap = loop.latest
-            if snap is not None:
-                sys.stdout.write("\r\033[K" + status_line(snap)[:200])
-                sys.stdout.flush()
+            if snap is not None and self.status is not None:
+                self.status.draw(snap)   # fitted to the terminal's width, never wrapped (console.py)
 
     def _bus_alarms(self) -> None:
         """I2C lock-ups the hardware backend counts (its sensors are already faulted: worst case)."""
@@ -135,10 +152,10 @@ class Pump(threading.Thread):
         self._recoveries_seen = recovered
 
     def _print(self, text: str, stream: Any) -> None:
-        if self.show_status:
-            sys.stdout.write("\r\033[K")
-            sys.stdout.flush()
-        print(text, file=stream, flush=True)
+        with TERMINAL_LOCK:
+            if self.status is not None:
+                self.status.clear()
+            print(text, file=stream, flush=True)
 
 
 def serve(args: argparse.Namespace, config: Any, io: Any, scenario: Any = None) -> int:
@@ -159,16 +176,21 @@ def serve(args: argparse.Namespace, config: Any, io: Any, scenario: Any = None) 
             except OSError as exc:
                 raise UsageError(f"cannot write events to {args.events}: {exc.strerror or exc}") from None
             events_file = sc.EventLog(stream)
+        trend = _open_trend(args, config)
         persister, tracker = _open_state(args, config, loop)
         start_records = persister.restore()   # a latched trip comes back before the first scan
         loop.publish_latch()
+        _banner(args, config, scenario)
         link = _start_link(args, config, loop)
         if link is not None:
             # One sequence for the event log, the journal and MQTT: never behind what the outbox holds.
             persister.seq = max(persister.seq, link.outbox.last_seq)
-        show_status = args.status if args.status is not None else sys.stdout.isatty()
+        # The status line is for the person at the terminal: on stderr, with the logs (stdout is the
+        # JSON event stream), so `crushcell run > events.jsonl` still shows it.
+        show_status = args.status if args.status is not None else sys.stderr.isatty()
         pump = Pump(loop, events_file=events_file, show_status=show_status, link=link,
-                    persister=persister, calibration=tracker)
+                    persister=persister, calibration=tracker, trend=trend)
+        logsetup.set_before_emit(pump.status.clear if pump.status is not None else None)
         loop.events.extend(loop.initial_events())
         loop.events.extend(start_records)
         pump.start()
@@ -185,12 +207,16 @@ def serve(args: argparse.Namespace, config: Any, io: Any, scenario: Any = None) 
 
         install_signal_handlers(on_signal)
         player = sc.Player(scenario, loop) if scenario else None
+        panel = _open_panel(args, io, loop)   # the simulated cell's field panel; never on the hardware
         duration = args.duration
         if duration is None and scenario is not None:
             duration = scenario.duration_s
         try:
-            loop.run_realtime(duration_s=duration, speed=args.speed, before_scan=player)
+            loop.run_realtime(duration_s=duration, speed=args.speed,
+                              before_scan=panel.hook(player) if panel is not None else player)
         finally:
+            if panel is not None:
+                panel.close()
             why = {"signal": signal_name(stopped_by[0])} if stopped_by else {}
             loop.events.append(sc.end_record(loop, **why))
             pump.done.set()
@@ -201,8 +227,12 @@ def serve(args: argparse.Namespace, config: Any, io: Any, scenario: Any = None) 
                 link.close()
             if stream is not None:
                 stream.close()
-            if show_status:
-                print()
+            if trend is not None:
+                trend.close()
+            if pump.status is not None:
+                pump.status.clear()
+            logsetup.set_before_emit(None)
+            _summary(args, config, pump.record, stopped_by, scenario, failed=sys.exc_info()[0] is not None)
     finally:
         io.force_safe()   # whatever ended the loop: signal, duration, exception
     if stopped_by and stopped_by[0] not in (signal.SIGTERM, signal.SIGINT):
@@ -210,6 +240,71 @@ def serve(args: argparse.Namespace, config: Any, io: Any, scenario: Any = None) 
         # Restart= starts the controller again (the latch is kept), and the status says why.
         return 128 + stopped_by[0]
     return EXIT_OK
+
+
+def _banner(args: argparse.Namespace, config: Any, scenario: Any) -> None:
+    """A few lines on stderr at start: what runs, on what, talking to whom, state where, how to stop."""
+    from controller import __version__
+    from controller.console import banner_lines
+
+    hal = getattr(args, "hal", None) or getattr(config, "hal_backend", "?")
+    if hal in ("sim", "mock"):   # mock: the simulated cell (hal.SIMULATED)
+        detail = f"simulated cell, seed {scenario.seed if scenario else getattr(args, 'seed', 0)}"
+        speed = getattr(args, "speed", 1.0)
+        detail += f", {speed:g}x real time" if speed != 1.0 else ", real time"
+        if scenario is not None:
+            detail += f", scenario {getattr(args, 'scenario', '')} ({scenario.duration_s:g} s simulated)"
+    else:
+        detail = "I2C sensors and GPIO relays (docs/hardware.md)"
+    if getattr(args, "no_mqtt", False):
+        broker = "none (--no-mqtt): the cell runs without the plant link"
+    elif not config.mqtt.enabled:
+        broker = "none ([mqtt] enabled = false): the cell runs without the plant link"
+    else:
+        s = config.mqtt
+        where = getattr(args, "broker", None) or f"{s.host}:{s.port}"
+        broker = (f"{where}{' (TLS)' if s.tls else ''}, topics {s.topic_prefix}/{config.cell_id}/#: "
+                  "connecting (the log says when connected, or why not)")
+    systemd = journald.stream_is_journal(sys.stderr) or "INVOCATION_ID" in os.environ
+    if systemd:
+        stop = "systemctl stop crushcell (SIGTERM)"
+    elif sys.stdin is not None and sys.stdin.isatty():
+        stop = f"Ctrl-C or kill {os.getpid()} (SIGTERM)"
+    else:
+        stop = f"kill {os.getpid()} (SIGTERM)"
+    stop += ": outputs go safe, a latched trip is kept"
+    duration = getattr(args, "duration", None) or (scenario.duration_s if scenario is not None else None)
+    if duration:
+        speed = getattr(args, "speed", 1.0)
+        stop += f"; ends by itself after {duration:g} s" + (
+            f" simulated ({duration / speed:g} s at {speed:g}x)" if speed != 1.0 else "")
+    for line in banner_lines(version=__version__, config=config, hal=hal, hal_detail=detail, broker=broker,
+                             state_dir=args.state_dir, events_path=getattr(args, "events", None), stop=stop):
+        log.info("%s", line, extra={"plain": True})
+    log.debug("wiring: scan period %g s; JSON event lines on stdout (journal priorities: %s); logs on "
+              "stderr (journal priorities: %s); python %s; argv %s", config.scan_period_s,
+              "yes" if journald.stream_is_journal(sys.stdout) else "no",
+              "yes" if journald.stream_is_journal(sys.stderr) else "no", sys.version.split()[0], sys.argv[1:])
+
+
+def _summary(args: argparse.Namespace, config: Any, record: RunRecord, stopped_by: list[int],
+             scenario: Any, failed: bool) -> None:
+    """One summary on stderr at exit: final state, trips and causes, events, how to read the journal."""
+    from controller.console import summary_lines
+
+    if stopped_by:
+        why = f"by {signal_name(stopped_by[0])}"
+    elif failed:
+        why = "by an error, reported below"
+    elif getattr(args, "duration", None):
+        why = f"--duration {args.duration:g} s reached"
+    elif scenario is not None:
+        why = "the scenario ended"
+    else:
+        why = "the loop ended"
+    for line in summary_lines(record, state_dir=args.state_dir, events_path=getattr(args, "events", None),
+                              why=why, config=config):
+        log.info("%s", line, extra={"plain": True})
 
 
 # Signals whose default action would end the process with the outputs as they were, and what
@@ -262,6 +357,22 @@ def install_signal_handlers(on_stop: Any) -> None:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     for name in DIAGNOSE_SIGNALS:
         faulthandler.register(getattr(signal, name), all_threads=True, chain=False)
+
+
+def _open_trend(args: argparse.Namespace, config: Any) -> Any:
+    """`run --telemetry FILE.csv`: the trend CSV, rotated by size, written by the pump thread."""
+    path = getattr(args, "telemetry", None)
+    if not path:
+        return None
+    from controller import trendcsv
+
+    try:
+        return trendcsv.RotatingTrendFile(
+            path, config, every_s=getattr(args, "telemetry_every", trendcsv.TREND_EVERY_S),
+            max_bytes=getattr(args, "telemetry_max_bytes", trendcsv.TREND_MAX_BYTES),
+            files=getattr(args, "telemetry_files", trendcsv.TREND_FILES))
+    except OSError as exc:
+        raise UsageError(f"cannot write telemetry to {path}: {exc.strerror or exc}") from None
 
 
 def _open_state(args: argparse.Namespace, config: Any, loop: Any) -> tuple[Any, Any]:
@@ -362,6 +473,23 @@ def release_state_dir(claim: tuple[Path, int]) -> None:
         pass
 
 
+def _open_panel(args: argparse.Namespace, io: Any, loop: Any) -> Any:
+    """The field panel of the simulated cell (hal/sim_panel.py), if `io` is one: only a backend with
+    `open_panel` makes it (the hardware backend has none). The cell runs the same without it."""
+    open_panel = getattr(io, "open_panel", None)
+    if open_panel is None:
+        return None
+    try:
+        panel = open_panel(args.state_dir, loop)
+    except OSError as exc:
+        log.warning("the simulated panel is off (crushcell panel cannot reach this controller): %s",
+                    exc.strerror or exc)
+        return None
+    log.info("simulated panel: crushcell panel reset|estop|estop-release|door-open|door-close|fault|status "
+             "--state-dir %s", args.state_dir)
+    return panel
+
+
 def _start_link(args: argparse.Namespace, config: Any, loop: Any) -> Any:
     """The MQTT plant link, when configured; the controller runs the same without it."""
     if args.no_mqtt or not config.mqtt.enabled:
@@ -370,7 +498,7 @@ def _start_link(args: argparse.Namespace, config: Any, loop: Any) -> Any:
         from controller.link.mqtt import LinkConfigError, OutboxError, PlantLink
     except ImportError as exc:
         # Safety does not need the link, so the cell still runs, but say so loudly.
-        print(f"crushcell: WARNING: running without the MQTT plant link: {exc}", file=sys.stderr)
+        log.warning("running without the MQTT plant link: %s", exc)
         return None
     try:
         link = PlantLink(config, loop, broker=args.broker, state_dir=args.state_dir)
@@ -384,7 +512,7 @@ def _start_link(args: argparse.Namespace, config: Any, loop: Any) -> Any:
     if why is not None:
         # The outbox is not safety state: the cell runs on, with a warning alarm for an hour and a
         # persist event that names the file (and where the old one went).
-        print(f"crushcell: WARNING: {why}", file=sys.stderr)
+        log.warning("%s", why)
         raise_alarm = getattr(loop, "raise_platform_alarm", None)
         if callable(raise_alarm):
             raise_alarm("outbox_reset", 3600.0)

@@ -220,22 +220,36 @@ def end_record(loop: Any, **why: Any) -> dict:
     return rec
 
 
-def simulate(scenario: Scenario, config: Any, stream: IO[str]) -> dict:
-    """Run `scenario` in simulated time; write the event log to `stream`; return the end record."""
+def simulate(scenario: Scenario, config: Any, stream: IO[str], recorder: Any = None) -> dict:
+    """Run `scenario` in simulated time; write the event log to `stream`; return the end record.
+
+    recorder: sees every event (on_events) and the loop after every scan (on_scan), e.g. the
+    trend CSV and chart of controller/trendcsv.py; it runs in this thread, between scans.
+    """
     from controller.loop import ScanLoop
     from hal.sim import SimulatedCell
 
     cell = SimulatedCell(config, seed=scenario.seed)
     loop = ScanLoop(config, cell)
     log = EventLog(stream)
-    log.write(loop.initial_events())
+    first = loop.initial_events()
+    log.write(first)
+    if recorder is not None:
+        recorder.on_events(first)
     player = Player(scenario, loop)
 
     def after_scan() -> None:
         if loop.events:
-            log.write(loop.drain_events())
+            events = loop.drain_events()
+            log.write(events)
+            if recorder is not None:
+                recorder.on_events(events)
+        if recorder is not None:
+            recorder.on_scan(loop)
 
     loop.run_simulated(int(scenario.duration_s * 1000), before_scan=player, after_scan=after_scan)
     end = end_record(loop)
     log.write([end])
+    if recorder is not None:
+        recorder.on_events([end])
     return end

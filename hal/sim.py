@@ -47,7 +47,9 @@ Events: see EVENTS. `estop` also drops every output to its safe state (the contr
 are wired in series with the hard-wired E-stop chain) and the crusher contactor at once (its coil
 drops out in tens of ms, inside a scan); `estop_release` restores the chain, and the contactor
 pulls in again after CONTACTOR_DELAY_MS only if the crusher is still commanded. `door_open` lets
-air in (DOOR_OPEN_LEAK_M3_MIN). `local_reset` presses the panel reset for RESET_PRESS_MS. A
+air in (DOOR_OPEN_LEAK_M3_MIN). `local_reset` presses the panel reset for RESET_PRESS_MS, and
+at least until one read_inputs has returned it pressed (a scan late by more than that, at a high
+--speed, must still see the press: the core acts on its rising edge). A
 `thermal_runaway` while one is still burning is ignored.
 
 Edge latch (EDGE_LATCHED_INPUTS: estop_ok, door_closed): an event that takes one of them from
@@ -191,6 +193,7 @@ class SimulatedCell:
         self._fb_signal: str | None = None     # chatter / unreadable: what the feedback read shows
         self._fb_t0: int | None = None         # chatter: injection time
         self._reset_until_ms = -1
+        self._reset_unseen = False             # local_reset pressed, not yet returned by read_inputs
         self._estop = False
         # Outputs: the configured safe state, what was last commanded, and the indices the relay
         # board refuses to write (`write_fail`).
@@ -237,7 +240,7 @@ class SimulatedCell:
         self._t = now_ms
         inputs = self._inputs
         inputs[IN_CRUSHER] = model.contactor
-        inputs[IN_RESET] = now_ms < self._reset_until_ms
+        inputs[IN_RESET] = now_ms < self._reset_until_ms or self._reset_unseen
 
     # -- CellIO ----------------------------------------------------------------------------------
 
@@ -280,6 +283,8 @@ class SimulatedCell:
     def read_inputs(self, now_ms: int) -> list[bool | None]:
         self._advance(now_ms)
         out = self._inputs[:]
+        if self._reset_unseen and out[IN_RESET]:
+            self._reset_unseen = False   # the press has been read once: it ends after RESET_PRESS_MS
         dropped = self._dropped
         if dropped:
             # E-stop or door opened since the last read, even if closed again: report it once.
@@ -326,6 +331,13 @@ class SimulatedCell:
     def close(self) -> None:
         self.force_safe()
         self.closed = True
+
+    def open_panel(self, state_dir, loop):
+        """The field panel of this simulated cell for a running controller (hal/sim_panel.py): a
+        socket in `state_dir` that `crushcell panel` talks to. Only the simulated backend has one."""
+        from hal.sim_panel import PanelServer, socket_path
+
+        return PanelServer(socket_path(state_dir), self, loop)
 
     def _apply_outputs(self) -> None:
         # The E-stop chain is in series with our relays: pressed, every output is de-energised.
@@ -424,6 +436,7 @@ class SimulatedCell:
             self._set_input(IN_REMOTE, name == "remote_enable_on")
         elif name == "local_reset":
             self._reset_until_ms = (self._t or 0) + RESET_PRESS_MS
+            self._reset_unseen = True
             inputs[IN_RESET] = True
         else:
             raise ValueError(f"unknown event {name!r}; expected one of: {', '.join(EVENTS)}")

@@ -152,3 +152,35 @@ def test_cli_record_show_and_journal(tmp_path):
     future = crushcell("calibration", "record", "h2_cell", "--bump", "--date", "2999-01-01",
                        "--state-dir", str(tmp_path))
     assert future.returncode == 2 and "is in the future" in future.stderr
+
+
+@pytest.mark.parametrize("backend", ["sim", "mock", "hardware"])
+@pytest.mark.parametrize("with_file", [False, True])
+def test_show_and_the_running_controller_agree_on_what_blocks_start(tmp_path, backend, with_file):
+    # Issue 13: `calibration show` said "never recorded: blocks start" for every sensor while the
+    # simulated cell started. Both now ask calibration.enforced(): the Tracker (what `run` enforces,
+    # always=True only on the hardware) and the table must name the same sensors as blocking.
+    if with_file:
+        cal.record(tmp_path, "o2_a", "calibration", TODAY)
+    always = backend == "hardware"
+    tracker = cal.Tracker(tmp_path, CONFIG, ScanLoop(CONFIG, SimulatedCell(CONFIG)), always=always)
+    _due, overdue = tracker.check(TODAY)
+    text = cal.show(tmp_path, LIMITS, TODAY, always=always, backend=backend)
+    blocking = {line.split()[0] for line in text.splitlines() if line.endswith("blocks start")}
+    assert blocking == set(overdue)
+    if not always and not with_file:
+        assert overdue == () and "not enforced on the simulated cell" in text
+        assert "the records apply only once a calibration.json exists" in text
+
+
+def test_cli_show_on_the_simulated_cell_says_why_nothing_blocks_start(tmp_path):
+    shown = crushcell("calibration", "show", "--hal", "sim", "--state-dir", str(tmp_path))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"{tmp_path / 'calibration.json'}: none. On the simulated cell "
+                                   "(--hal sim) the records apply only once a calibration.json exists")
+    assert "nothing below blocks start there" in shown.stdout
+    assert "never recorded: blocks start" not in shown.stdout
+    board = crushcell("calibration", "show", "--state-dir", str(tmp_path))   # the config says hardware
+    assert "Judged for the board (--hal hardware)" in board.stdout
+    assert "crushcell calibration show --hal sim" in board.stdout
+    assert "never recorded: blocks start" in board.stdout

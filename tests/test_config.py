@@ -1,5 +1,6 @@
 """Configuration errors name the file, the table, the key and what is wrong, exactly."""
 
+import hashlib
 import subprocess
 import sys
 import tomllib
@@ -128,7 +129,9 @@ def test_missing_file(tmp_path):
 
 def test_check_config_cli_ok(capsys):
     assert main(["check-config", str(DEFAULT)]) == 0
-    assert capsys.readouterr().out == "ok\n"
+    # The hash of the file read, so that a reviewed config can be matched to what runs.
+    digest = hashlib.sha256(DEFAULT.read_bytes()).hexdigest()
+    assert capsys.readouterr().out == f"ok: {DEFAULT} sha256 {digest}\n"
 
 
 def test_check_config_cli_errors(tmp_path, capsys):
@@ -139,6 +142,10 @@ def test_check_config_cli_errors(tmp_path, capsys):
     assert main(["check-config", str(p)]) == 2
     out = capsys.readouterr().out
     assert f"{p}: [thresholds.o2] trip = 1.0 must be above warning = 2.0" in out
+    # After the errors: the path and the hash of the file read, and how many errors.
+    lines = out.splitlines()
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()
+    assert lines[-1] == f"failed: {p} sha256 {digest}: {len(lines) - 1} error(s)"
 
 
 def test_controller_refuses_to_start_on_bad_config(tmp_path):
@@ -178,7 +185,8 @@ def test_nonsense_numbers_are_refused_with_the_reason(argv, says, tmp_path):
 def test_unknown_top_level_table_is_named():
     errs = errors_of(lambda d: d.__setitem__("mqqt", {"host": "x"}))
     assert errs == ["config/cell.toml: unknown key 'mqqt' (likely a typo; known keys here: calibration, "
-                    "cell, hal, i2c, inputs, mqtt, outputs, sensors, thresholds, timers, voting, watchdog)"]
+                    "cell, hal, i2c, inputs, logging, mqtt, outputs, sensors, thresholds, timers, voting, "
+                    "watchdog)"]
 
 
 # -- Safety envelopes (issue 9, item 2.1): config can no longer switch protection off ---------------

@@ -773,3 +773,19 @@ def test_loop_faults_trip_in_the_same_scan_even_during_the_self_test():
     b.faults["o2_a"] = "disconnect"      # a sensor fault during warm-up still waits for the self-test
     b.scan()
     assert b.core.state_name == "BOOT"
+
+
+def test_an_outputs_record_only_when_an_output_changes_value():
+    # The contactor feedback picks another entry of the output table even where it changes no
+    # output (outside RUNNING): compared by identity, every flicker of it wrote an `outputs` record.
+    b = bench()
+    b.to_state("IDLE")
+    b.follow_crusher = False
+    del b.core.events[:]
+    last = list(b.core.outputs)
+    for k in range(10):   # 1 s of a chattering feedback, well inside the 2 s feedback timeout
+        b.inputs["crusher_running"] = k % 2 == 0
+        b.scan()
+    assert b.core.state_name == "IDLE", b.core.state_name
+    assert list(b.core.outputs) == last
+    assert b.events("outputs") == [], b.events("outputs")

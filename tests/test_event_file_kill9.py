@@ -1,7 +1,8 @@
 """`run --events FILE` loses nothing to a kill -9 (issue 10, item 12: a buffered file lost 26 events).
 
-The pump writes each batch to the file and flushes it before it echoes the events to stderr
-(the journal), so every event the process reported is in the file when it dies.
+The pump writes each batch to the file and flushes it before it echoes the events to stdout
+(JSON lines; the journal under systemd), so every event the process reported is in the file when
+it dies.
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ def test_every_reported_event_is_in_the_file_after_kill_9(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--hal", "sim", "--no-mqtt",
                              "--no-status", "--state-dir", str(tmp_path / "state"),
                              "--scenario", str(scenario), "--speed", "5", "--events", str(events)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     reported: list[dict] = []
     tripped = threading.Event()
 
-    def read_stderr():
-        for line in proc.stderr:
+    def read_stdout():
+        for line in proc.stdout:
             try:
                 record = json.loads(line)
             except ValueError:
@@ -49,7 +50,7 @@ def test_every_reported_event_is_in_the_file_after_kill_9(tmp_path):
                 if record["type"] == "trip":
                     tripped.set()
 
-    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader = threading.Thread(target=read_stdout, daemon=True)
     reader.start()
     try:
         assert tripped.wait(60), f"no trip reported: {reported[-5:]}"
@@ -63,7 +64,7 @@ def test_every_reported_event_is_in_the_file_after_kill_9(tmp_path):
     in_file = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
     key = lambda e: json.dumps(e, sort_keys=True)   # noqa: E731
     missing = [e for e in reported if key(e) not in {key(f) for f in in_file}]
-    print(f"\nkill -9: {len(reported)} events reported on stderr, {len(in_file)} in the file, "
+    print(f"\nkill -9: {len(reported)} events reported on stdout, {len(in_file)} in the file, "
           f"{len(missing)} missing")
     assert any(e["type"] == "trip" for e in reported)
     assert not missing, missing[:5]

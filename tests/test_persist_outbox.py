@@ -132,7 +132,7 @@ def test_crushcell_run_with_a_corrupt_outbox_runs_and_raises_outbox_reset(tmp_pa
     assert reset and reset[0]["moved_to"] == str(moved[0]) and "cannot open" in reset[0]["error"]
     alarm = [e for e in log if e["type"] == "alarm" and e["name"] == "outbox_reset"]
     assert alarm and alarm[0]["active"] is True
-    assert f"WARNING: outbox {state / 'outbox-cell1.sqlite3'}" in err
+    assert f"WARNING crushcell.run: outbox {state / 'outbox-cell1.sqlite3'}" in err   # the log (stderr)
     new = sqlite3.connect(state / "outbox-cell1.sqlite3")
     assert new.execute("SELECT COUNT(*) FROM events").fetchone()[0] > 0   # the new outbox in use
     new.close()

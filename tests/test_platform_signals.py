@@ -46,7 +46,7 @@ class Controller:
     """A real `crushcell run --hal sim` with its event file, stderr captured to a file."""
 
     def __init__(self, tmp: Path, *, speed: float = 10, scenario: str | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, journal: bool = False):
         self.events = tmp / "events.jsonl"
         self.state = tmp / "state"
         self.stderr_path = tmp / "stderr.txt"
@@ -57,8 +57,10 @@ class Controller:
             path.write_text(scenario)
             argv += ["--scenario", str(path)]
         self.stderr = open(self.stderr_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.stderr,
-                                     env={**os.environ, **(env or {})})
+        # journal: stdout (the JSON event lines) and stderr (the logs) on one stream, as systemd
+        # connects them to the journal.
+        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self.stderr if journal else subprocess.DEVNULL,
+                                     stderr=self.stderr, env={**os.environ, **(env or {})})
 
     def records(self) -> list[dict]:
         if not self.events.exists():
@@ -218,7 +220,7 @@ def test_under_the_journal_a_trip_is_priority_3_and_info_stays_6(controller, tmp
     st = os.stat(probe)
     # The Controller truncates and reopens stderr.txt: same inode, so JOURNAL_STREAM matches.
     scenario = "name = \"trip\"\nduration_s = 3600\n[[at]]\nt = 3\nevent = \"estop\"\n"
-    c = controller(scenario=scenario, env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    c = controller(scenario=scenario, env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}, journal=True)
     c.wait_for(lambda r: r.get("type") == "trip")
     time.sleep(0.3)
     c.proc.send_signal(signal.SIGTERM)
@@ -230,10 +232,13 @@ def test_under_the_journal_a_trip_is_priority_3_and_info_stays_6(controller, tmp
     assert trips and all(ln.startswith("<3>{") for ln in trips), lines[:10]
     assert tripped and tripped[0].startswith("<3>")
     assert booted and booted[0].startswith("<6>")
+    # The human log lines (banner, summary) carry priorities as well: every line starts with one.
+    text = [ln for ln in c.stderr_text().splitlines() if ln.strip()]
+    assert all(ln[:1] == "<" and ln[2:3] == ">" for ln in text), [ln for ln in text if ln[:1] != "<"][:5]
 
 
 def test_without_the_journal_lines_carry_no_prefix(controller):
-    c = controller(env={"JOURNAL_STREAM": ""})
+    c = controller(env={"JOURNAL_STREAM": ""}, journal=True)
     c.wait_for(_idle)
     c.proc.send_signal(signal.SIGTERM)
     c.proc.wait(15)

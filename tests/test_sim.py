@@ -348,6 +348,17 @@ def test_remote_enable_key_and_local_reset_press(config):
     assert rig.inputs[I["remote_enable"]] is False
 
 
+def test_a_local_reset_press_is_read_once_even_by_a_scan_later_than_the_press(config):
+    # At --speed 1000 a late scan spans more than RESET_PRESS_MS of simulated time: the press (the
+    # panel's, a scenario's) must still reach the core, which acts on its rising edge.
+    rig = Rig(config)
+    rig.sim.event("local_reset")
+    rig.jump(5.0)
+    assert rig.inputs[I["local_reset"]] is True
+    rig.scan()
+    assert rig.inputs[I["local_reset"]] is False
+
+
 def test_crusher_feedback_follows_the_command_after_the_contactor_delay(config):
     assert CONTACTOR_DELAY_MS == 300
     rig = inert_rig(config)

@@ -598,7 +598,8 @@ class PlantLink:
             return
         self._telemetry_seq += 1
         health = self._health()
-        body = payloads.telemetry(snap, ts=now, seq=self._telemetry_seq, units=self.units, health=health)
+        body = payloads.telemetry(snap, ts=now, seq=self._telemetry_seq, units=self.units, health=health,
+                                  resolutions=self.resolutions)
         self.client.publish(self.t_telemetry, payloads.dumps(body), qos=0)
         # A count of trouble moved (late scans, dropped events, I/O faults, link restarts): the
         # retained status says so too, at most every HEALTH_STATUS_MIN_S.

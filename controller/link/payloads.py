@@ -10,7 +10,7 @@ import json
 import math
 from typing import Any
 
-from controller.names import INPUTS, OUTPUTS, SENSORS, STATES
+from controller.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS, STATES
 
 # Topic levels under <topic_prefix>/<cell_id>/
 AVAILABILITY = "availability"
@@ -46,6 +46,13 @@ def dumps(obj: Any) -> str:
 
 def num(value: float) -> float | None:
     return None if value != value or math.isinf(value) else value
+
+
+def rounded(value: float, places: int | None) -> float | None:
+    """num(), rounded to `places` decimals (None: as it is)."""
+    if value != value or math.isinf(value):
+        return None
+    return value if places is None else round(value, places)
 
 
 # -- events ---------------------------------------------------------------------------------------
@@ -117,16 +124,22 @@ def status(snap: Any, *, ts: float, cell_id: str, version: str, config_sha256: s
     return body
 
 
-def telemetry(snap: Any, *, ts: float, seq: int, units: dict[str, str], health: dict | None = None) -> dict:
+def telemetry(snap: Any, *, ts: float, seq: int, units: dict[str, str], health: dict | None = None,
+              resolutions: dict[str, float] | None = None) -> dict:
+    """resolutions: each sensor's `resolution`; its value is rounded to the decimals that shows
+    (0.005 -> 3, 0.0625 -> 2, 0.5 -> 1), the voted O2 to the O2 sensors' (see decimals())."""
     values, quality = snap.values, snap.quality
+    places = [decimals(resolutions.get(name)) for name in SENSORS] if resolutions else [None] * len(SENSORS)
+    o2 = [p for name, p in zip(SENSORS, places, strict=True) if name in O2_SENSORS and p is not None]
     body = {
         "ts": round(ts, 3),
         "seq": seq,
         "t": snap.t,
         "state": snap.state,
-        "sensors": {name: {"value": num(values[i]), "unit": units.get(name, ""), "quality": quality[i]}
+        "sensors": {name: {"value": rounded(values[i], places[i]), "unit": units.get(name, ""),
+                           "quality": quality[i]}
                     for i, name in enumerate(SENSORS)},
-        "voted": {"o2": num(snap.voted_o2)},
+        "voted": {"o2": rounded(snap.voted_o2, max(o2) if o2 else None)},
         "inputs": dict(zip(INPUTS, snap.inputs, strict=True)),
         "outputs": dict(zip(OUTPUTS, snap.outputs, strict=True)),
     }

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from controller.names import INPUTS, OUTPUTS, SENSORS
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-DEFAULT_STATE_DIR = "/var/lib/crushcell"
+DEFAULT_STATE_DIR = "/var/lib/crushcell"   # a board's; the default follows controller/statedir.py
 LOCK_FILE = "crushcell.lock"   # controller/cli.py: held (flock) for as long as a controller lives
 # Output -> the input that proves it moved (contactor auxiliary contact).
 FEEDBACK = {"crusher": "crusher_running"}
@@ -41,13 +41,20 @@ class ProbeRefused(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="crushcell probe",
-                                description="Commissioning check: I2C devices, sensors, inputs, outputs.")
+    from controller import statedir
+    from controller.clihelp import HelpParser
+
+    p = HelpParser(prog="crushcell probe",
+                   description="Commissioning check: I2C devices, sensors, inputs, outputs.",
+                   epilog="examples:\n  crushcell probe --config /etc/crushcell/cell.toml\n"
+                          "  sudo systemctl stop crushcell && crushcell probe --outputs   "
+                          "# loop check: moves every output")
     p.add_argument("--config", default=os.environ.get("CRUSHCELL_CONFIG", "config/cell.toml"),
-                   metavar="PATH", help="plant configuration (default: config/cell.toml)")
-    p.add_argument("--state-dir", default=os.environ.get("CRUSHCELL_STATE_DIR", DEFAULT_STATE_DIR),
-                   metavar="DIR", help=f"where a running controller holds {LOCK_FILE} "
-                                       f"(default: {DEFAULT_STATE_DIR})")
+                   metavar="PATH", help="plant configuration")
+    # The same default as run's (controller/statedir.py): on a board, the service's state dir, so
+    # --outputs sees the running controller's lock.
+    p.add_argument("--state-dir", default=statedir.default_state_dir(), metavar="DIR",
+                   help=statedir.help_text(f"where a running controller holds {LOCK_FILE}"))
     p.add_argument("--outputs", action="store_true",
                    help="also pulse every output (loop check); needs the controller stopped")
     p.add_argument("--yes", action="store_true", help="skip the typed confirmation for --outputs")

@@ -92,7 +92,9 @@ class Broker:
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=logf, stderr=logf,
                                          cwd=self.folder)
-        if not wait_port(self.port):
+        if not wait_port(self.port) or self.proc.poll() is not None:
+            # Not listening, or exited (the port taken meanwhile, e.g. by another test worker's
+            # broker): say so rather than let a test talk to somebody else's broker.
             self.stop()
             raise RuntimeError(f"mosquitto did not open port {self.port}: {self.log.read_text()[-2000:]}")
         return self
