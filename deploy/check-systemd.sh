@@ -263,7 +263,9 @@ boot_container() {
                 nspawn_pid=$p
             fi
         done
-        [ -z "$nspawn_pid" ] || ct_pid="$(pgrep -P "$nspawn_pid" | head -n 1 || true)"
+        # The container's PID 1 is the nspawn child that runs systemd; an earlier child can be
+        # nspawn's own short-lived helper, and nsenter into it fails once it has gone.
+        [ -z "$nspawn_pid" ] || ct_pid="$(pgrep -P "$nspawn_pid" -x systemd | head -n 1 || true)"
         [ -z "$ct_pid" ] || break
         kill -0 "$script_pid" 2>/dev/null || break
         sleep 0.1
