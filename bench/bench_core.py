@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from corekit import Bench, params  # noqa: E402
 
 from bench.stats import summary_us  # noqa: E402
+from cellspec.names import INPUTS  # noqa: E402
 from controller.core import STATES, TRANSITIONS  # noqa: E402
-from controller.names import INPUTS  # noqa: E402
 
 N = 20_000
 
@@ -82,7 +82,7 @@ sys.path.insert(0, ROOT); sys.path.insert(0, ROOT + "/tests")
 import corekit
 corekit.PARAMS_JSON = PARAMS
 from corekit import Bench, params
-from controller.names import INPUTS
+from cellspec.names import INPUTS
 b = Bench(params())
 b.to_state("RUNNING")
 core = b.core

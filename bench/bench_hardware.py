@@ -32,7 +32,7 @@ def run(scans: int = SCANS) -> dict:
     from gpiozero.pins.mock import MockFactory
     from hwfakes import FakeCellWiring, make_config
 
-    from controller.names import OUTPUTS
+    from cellspec.names import OUTPUTS
     from hal.hardware import HardwareCell
     from hal.hardware.ads1115 import conversion_ms
 

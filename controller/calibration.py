@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controller.names import CALIBRATED_SENSORS
+from cellspec.names import CALIBRATED_SENSORS
 from controller.persist import JOURNAL_FILE, LATCH_FILE, atomic_write
 
 log = logging.getLogger(__name__)

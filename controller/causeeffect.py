@@ -16,9 +16,9 @@ import html
 import io
 from typing import Any
 
+from cellspec.names import OUTPUTS, SENSORS, STATES
 from controller import drive
 from controller import rules as R
-from controller.names import OUTPUTS, SENSORS, STATES
 
 COLUMNS = ("kind", "cause", "signal", "condition", "limit", "voting", "delay", "active in", "in TRIPPED",
            "state change") + OUTPUTS

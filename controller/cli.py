@@ -299,7 +299,7 @@ def cmd_panel(args: argparse.Namespace) -> int:
 # -- probe -------------------------------------------------------------------------------------
 def cmd_probe(argv: list[str]) -> int:
     try:
-        from hal.hardware.probe import main as probe_main
+        from controller.probe import main as probe_main
     except ImportError as exc:
         raise UsageError(f"probe needs the hardware backend: {exc}") from None
     return probe_main(argv)
@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     jr.add_argument("--since", metavar="ISO-TIME|DURATION", help="only records since then (e.g. 2h, 7d)")
     jr.set_defaults(func=cmd_journal)
 
-    from controller.names import CALIBRATED_SENSORS
+    from cellspec.names import CALIBRATED_SENSORS
 
     cal = sub.add_parser("calibration", help="bump tests and calibrations of the gas sensors")
     cal_sub = cal.add_subparsers(dest="action", metavar="ACTION")

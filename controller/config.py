@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cellspec.bindings import range_problem, read_binding
+from cellspec.busconfig import read_i2c
+from cellspec.configtools import MISSING, InputFileError, Section, fmt, read_toml
+from cellspec.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS
 from controller import envelope
-from controller.configtools import MISSING, InputFileError, Section, fmt, read_toml
 from controller.link.settings import MqttSettings, read_mqtt
 from controller.logsetup import DEFAULT_LEVEL, LEVEL_NAMES
-from controller.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS
-from hal.bindings import range_problem, read_binding
-from hal.busconfig import read_i2c
 
 # Thresholds the core reads, with the keys each must have. Order of keys: low to high.
 LEVEL_THRESHOLDS = ("h2_cell", "lel_cell", "lel_rto", "co_cell", "hf_room", "temp_gas", "temp_material")

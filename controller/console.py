@@ -148,7 +148,7 @@ def _value(v: float, decimals: int, unit: str) -> str:
 
 
 def _segments(snap: Any, config: Any) -> dict[str, _Seg]:
-    from controller.names import SENSORS
+    from cellspec.names import SENSORS
 
     sensors = getattr(config, "sensors", None) or {}
 

@@ -19,10 +19,7 @@ sensor health and rates of rise in `controller.health`, the feedback integrator 
 them, in the order of `step()`.
 """
 
-from controller.envelope import check_params
-from controller.feedback import DiscrepancyWindow
-from controller.health import RiseDetector, SensorHealth, ticks_diff
-from controller.names import (
+from cellspec.names import (
     CALIBRATED_SENSORS,
     COMMANDS,
     IN_CRUSHER,
@@ -42,6 +39,9 @@ from controller.names import (
     SENSORS,
     STATES,
 )
+from controller.envelope import check_params
+from controller.feedback import DiscrepancyWindow
+from controller.health import RiseDetector, SensorHealth, ticks_diff
 from controller.rules import (  # noqa: F401  (re-exported: the core's public tables)
     ADVISORY_ALARMS,
     ALARM_INDEX,

@@ -26,8 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller import core as C
-from controller.names import (
+from cellspec.names import (
     CALIBRATED_SENSORS,
     INPUTS,
     O2_SENSORS,
@@ -35,6 +34,7 @@ from controller.names import (
     SENSORS,
     STATES,
 )
+from controller import core as C
 
 NOISE_COUNTS = 3          # alternating +/- this many counts of each sensor's resolution
 AT_TRIP_COUNTS = 5        # "at the trip": this many counts above it (noise included, still at or above)

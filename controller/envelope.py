@@ -16,7 +16,7 @@ Units are the config's: seconds for times, the sensor's unit for limits, a rate'
 not cited limits. Plain tuples (order matters, and MicroPython has no dataclasses or typing).
 """
 
-from controller.names import O2_SENSORS, OUTPUTS, SENSORS
+from cellspec.names import O2_SENSORS, OUTPUTS, SENSORS
 
 # -- sources -----------------------------------------------------------------------------------
 P = "(P) reviewed engineering bound"

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cellspec.names import INPUTS, OUTPUTS, SENSORS
 from controller.core import Core
-from controller.names import INPUTS, OUTPUTS, SENSORS
 from controller.rules import BOOT, PLATFORM_ALARM_NAMES
 
 EVENT_QUEUE_MAX = 100_000   # events waiting for the pump; past it the oldest are dropped (counted)

@@ -6,7 +6,7 @@ that core, so a row that is not executed cannot hide behind its documentation.
 MicroPython-compatible: plain tuples, no typing.
 """
 
-from controller.names import CALIBRATED_SENSORS, INPUTS, O2_SENSORS, SENSORS, STATES
+from cellspec.names import CALIBRATED_SENSORS, INPUTS, O2_SENSORS, SENSORS, STATES
 
 BOOT, IDLE, PURGING, READY, RUNNING, STOPPING, TRIPPED = 0, 1, 2, 3, 4, 5, 6
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from controller.configtools import InputFileError, Section, fmt, read_toml
-from controller.names import COMMANDS, OUTPUTS, SENSORS, SOURCES
+from cellspec.configtools import InputFileError, Section, fmt, read_toml
+from cellspec.names import COMMANDS, OUTPUTS, SENSORS, SOURCES
 
 MAX_DURATION_S = 30 * 24 * 3600.0   # a month of simulated time per scenario at most
 STEP_ACTIONS = ("command", "event", "fault", "force")

@@ -28,8 +28,8 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
+from cellspec.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS
 from controller.link.payloads import decimals
-from controller.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS
 
 TREND_EVERY_S = 1.0                     # one row per second of controller time
 TREND_MAX_BYTES = 10 * 1024 * 1024      # `run`: one CSV file; then it rotates

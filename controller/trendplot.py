@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from controller.names import O2_SENSORS
+from cellspec.names import O2_SENSORS
 
 FORMATS = (".png", ".svg", ".pdf")
 DPI = 150
@@ -107,7 +107,7 @@ class Trend:
 
     # simulate
     def add(self, snap: Any) -> None:
-        from controller.names import SENSORS
+        from cellspec.names import SENSORS
 
         self._seen += 1
         if (self._seen - 1) % self.stride:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
-from controller.names import INPUTS, OUTPUTS, SENSORS
+from cellspec.names import INPUTS, OUTPUTS, SENSORS
 
 # Fault codes a backend may put in Reading.fault. The core adds its own health verdicts
 # (nan, out_of_range, stale, stuck) on top of these.

@@ -74,7 +74,7 @@ import random
 from collections.abc import Sequence
 from operator import itemgetter
 
-from controller.names import (
+from cellspec.names import (
     EDGE_LATCHED_INPUTS,
     IN_CRUSHER,
     IN_DOOR,

@@ -44,7 +44,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from controller.names import IN_RESET, OUTPUTS, SENSORS
+from cellspec.names import IN_RESET, OUTPUTS, SENSORS
 
 SOCKET_NAME = "sim-panel.sock"
 PID_FILE = "crushcell.pid"        # controller/runtime.py writes it (for people; the lock decides)
@@ -352,7 +352,7 @@ class PanelServer:
             self._finish(req, False, f"reset refused: {reason}; " + _summary(core))
 
     def _inputs(self, core: Any) -> str:
-        from controller.names import INPUTS
+        from cellspec.names import INPUTS
 
         shown = ("estop_ok", "door_closed", "local_reset")
         return "inputs: " + ", ".join(f"{n} {str(core.inputs[INPUTS.index(n)]).lower()}" for n in shown)

@@ -7,8 +7,8 @@ raw clock wraps (like MicroPython's time.ticks_ms) or steps back.
 
 import json
 
+from cellspec.names import INPUTS, SENSORS
 from controller.core import Core
-from controller.names import INPUTS, SENSORS
 
 PARAMS_JSON = None   # set by the MicroPython runner (no TOML there)
 _BASE = []

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from cellspec.names import CALIBRATED_SENSORS
 from controller import calibration as cal
 from controller import config
 from controller.loop import ScanLoop
-from controller.names import CALIBRATED_SENSORS
 from hal.sim import SimulatedCell
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from corekit import Bench, params
 
+from cellspec.names import OUTPUTS, SENSORS
 from controller import causeeffect as ce
 from controller import config, core, drive
-from controller.names import OUTPUTS, SENSORS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = config.load(ROOT / "config" / "cell.toml")

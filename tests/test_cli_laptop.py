@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from controller import cli, config, statedir
-from hal.hardware import probe
+from controller import cli, config, probe, statedir
 from hal.sim import EVENTS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -157,7 +157,7 @@ def _cause(name):
 
 
 def _quality(sensor, q):
-    from controller.names import SENSORS
+    from cellspec.names import SENSORS
     i = SENSORS.index(sensor)
     return lambda b: b.core.health.quality[i] == q
 
@@ -288,14 +288,14 @@ def test_a_backward_step_adds_no_time_and_a_wrap_loses_none():
 def quiet_scan():
     from corekit import GOOD_INPUTS, QUIET
 
-    from controller.names import INPUTS, SENSORS
+    from cellspec.names import INPUTS, SENSORS
     return [(QUIET[n], None, 0) for n in SENSORS], [GOOD_INPUTS[n] for n in INPUTS]
 
 
 # -- readings stamped on the raw clock ---------------------------------------------------------------
 def test_a_sample_from_before_a_backward_step_ages_from_when_it_was_first_seen():
     # After the step, the HAL hands over a sample taken before it: stamped "in the future".
-    from controller.names import SENSORS
+    from cellspec.names import SENSORS
     i = SENSORS.index("h2_cell")
     b = Clocked(params(), start=STEADY_START, wrap=None)
     b.to_state("IDLE")
@@ -315,7 +315,7 @@ def test_a_sample_from_before_a_backward_step_ages_from_when_it_was_first_seen()
 
 
 def test_a_fresh_sample_after_a_backward_step_is_fresh():
-    from controller.names import SENSORS
+    from cellspec.names import SENSORS
     b = Clocked(params(), start=5000, wrap=WRAP)
     b.to_state("IDLE")
     b.step_clock(-BACK_MS)                # across zero: the raw clock wraps back near 2**30
@@ -325,7 +325,7 @@ def test_a_fresh_sample_after_a_backward_step_is_fresh():
 
 
 def test_a_stale_sample_stays_stale_across_a_wrap():
-    from controller.names import SENSORS
+    from cellspec.names import SENSORS
     i = SENSORS.index("h2_cell")
     b = Clocked(params(), start=WRAP - 10000, wrap=WRAP)
     b.to_state("IDLE")                    # 3 s: the clock is 7 s from its wrap

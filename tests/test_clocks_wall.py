@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from cellspec.names import CALIBRATED_SENSORS
 from controller import calibration as cal
 from controller import config as cfg
 from controller.link.mqtt import PlantLink
 from controller.loop import ScanLoop
-from controller.names import CALIBRATED_SENSORS
 from hal.sim import SimulatedCell
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,10 +15,10 @@ import re
 import pytest
 from corekit import Bench, params
 
+from cellspec.names import SENSORS
 from controller import config as cfg
 from controller.console import StatusLine, cells, next_action, status_line
 from controller.loop import Snapshot
-from controller.names import SENSORS
 
 CONFIG = cfg.load(cfg.__file__.rsplit("/", 2)[0] + "/config/cell.toml")
 ANSI = re.compile(r"\033\[[0-9;]*m")

@@ -7,6 +7,7 @@ calibration data, the order of controlled-stop reasons. Plain asserts (CPython).
 
 from corekit import QUIET, Bench, params
 
+from cellspec.names import CALIBRATED_SENSORS, OUT_ALARM, OUT_HORN
 from controller import core
 from controller.core import (
     ALARMS,
@@ -22,7 +23,6 @@ from controller.core import (
     Core,
     check_table,
 )
-from controller.names import CALIBRATED_SENSORS, OUT_ALARM, OUT_HORN
 
 
 def bench(**changes):

@@ -43,8 +43,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from thoroughness import examples
 
+from cellspec.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS
 from controller import core as core_mod
-from controller.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS
 
 P = params()
 TH = P["thresholds"]

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from cellspec.configtools import fmt
+from cellspec.names import O2_SENSORS, OUTPUTS, SENSORS
 from controller import config, envelope
-from controller.configtools import fmt
-from controller.names import O2_SENSORS, OUTPUTS, SENSORS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "config" / "cell.toml"

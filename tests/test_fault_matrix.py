@@ -55,9 +55,9 @@ import pickle
 
 import pytest
 
+from cellspec.names import IN_DOOR, O2_SENSORS, OUTPUTS, SENSORS, STATES
 from controller import config
 from controller.loop import ScanLoop
-from controller.names import IN_DOOR, O2_SENSORS, OUTPUTS, SENSORS, STATES
 from hal import sim
 from hal.sim import SimulatedCell
 

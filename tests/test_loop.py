@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "hardware"))
 from gpiozero.pins.mock import MockFactory  # noqa: E402
 from hwfakes import FakeCellWiring, make_config  # noqa: E402
 
+from cellspec.names import OUTPUTS  # noqa: E402
 from controller import runtime  # noqa: E402
 from controller.loop import ScanLoop  # noqa: E402
-from controller.names import OUTPUTS  # noqa: E402
 from hal.hardware import HardwareCell  # noqa: E402
 from hal.hardware.gpio import pin_level  # noqa: E402
 from hal.sim import SimulatedCell  # noqa: E402

@@ -29,10 +29,10 @@ from hypothesis import event as statistics_event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
+from cellspec.names import COMMANDS, IN_DOOR, OUTPUTS, SENSORS
 from controller import config
 from controller import core as core_mod
 from controller.loop import ScanLoop
-from controller.names import COMMANDS, IN_DOOR, OUTPUTS, SENSORS
 from hal import sim
 from hal.sim import EVENTS, SimulatedCell
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from corekit import Bench, params
 
+from cellspec.names import OUT_ALARM, OUT_HORN
 from controller import config, persist
 from controller.loop import ScanLoop
-from controller.names import OUT_ALARM, OUT_HORN
 from hal.sim import SimulatedCell
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cellspec.names import OUTPUTS
 from controller import config, scenario
-from controller.names import OUTPUTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "config" / "scenarios"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from cellspec.names import EDGE_LATCHED_INPUTS, INPUTS, O2_SENSORS, OUTPUTS, SENSORS
 from controller.config import load
-from controller.names import EDGE_LATCHED_INPUTS, INPUTS, O2_SENSORS, OUTPUTS, SENSORS
 from hal.sim import (
     CHATTER_HALF_PERIOD_MS,
     CONTACTOR_DELAY_MS,

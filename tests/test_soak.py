@@ -32,9 +32,9 @@ from pathlib import Path
 
 from thoroughness import THOROUGH
 
+from cellspec.names import SENSORS
 from controller import config
 from controller.loop import ScanLoop
-from controller.names import SENSORS
 from hal.sim import SimulatedCell
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from cellspec.names import INPUTS, OUTPUTS, SENSORS
 from controller import cli, trendcsv, trendplot
 from controller.config import load as load_config
 from controller.link import payloads
 from controller.loop import Snapshot
-from controller.names import INPUTS, OUTPUTS, SENSORS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "config" / "cell.toml")

@@ -12,7 +12,7 @@ import collections
 import json
 from typing import Any, NamedTuple
 
-from controller.names import COMMANDS
+from cellspec.names import COMMANDS
 
 KEYS = ("id", "action", "by")
 MAX_ID = 128

@@ -10,7 +10,7 @@ import json
 import math
 from typing import Any
 
-from controller.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS, STATES
+from cellspec.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS, STATES
 
 # Topic levels under <topic_prefix>/<cell_id>/
 AVAILABILITY = "availability"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controller.configtools import Section
+from cellspec.configtools import Section
 
 
 @dataclass(frozen=True)

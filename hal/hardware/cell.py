@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from controller.names import SENSORS
+from cellspec.names import SENSORS
 from hal.base import Reading
 from hal.hardware.ads1115 import ADS1115
 from hal.hardware.busrecovery import BusGuard

@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from controller.names import EDGE_LATCHED_INPUTS, INPUTS, OUTPUTS
+from cellspec.names import EDGE_LATCHED_INPUTS, INPUTS, OUTPUTS
 
 # Pin factories by name (GPIOZERO_PIN_FACTORY uses the same names), in the order we try them:
 # lgpio works on every Pi incl. the Pi 5; RPi.GPIO on older boards and OS images.

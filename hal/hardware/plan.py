@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.names import SENSORS
+from cellspec.names import SENSORS
 
 
 class WiringError(ValueError):

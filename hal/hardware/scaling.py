@@ -11,7 +11,7 @@ Our NE43 choice (docs/hardware.md, "NE43 bands per channel"), per channel from i
 - above the valid band: fault "loop_high";
 - inside it: scaled linearly and clamped to the span (a 20.5 to 20.9 mA transmitter saturated high
   reads span-high and trips on its thresholds; a small zero drift does not read below 0).
-Config (hal/bindings.py) keeps every band limit far enough from NE43's failure signals (at or
+Config (cellspec/bindings.py) keeps every band limit far enough from NE43's failure signals (at or
 below 3.6 mA, at or above 21.0 mA) that a failure signal read with the ±0.25 % shunt and gain
 error (LOOP_ERROR) is still a fault.
 """
@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 
-from hal.base import FAULT_LOOP_HIGH, FAULT_LOOP_LOW, FAULT_MAINTENANCE
-from hal.bindings import (  # noqa: F401  (re-exported for the probe, docs and tests)
+from cellspec.bindings import (  # noqa: F401  (re-exported for the probe, docs and tests)
     DEFAULT_VALID_MA,
     LOOP_ERROR,
     NE43_FAILED_HIGH_MA,
     NE43_FAILED_LOW_MA,
     NE43_MEASURE_MA,
 )
+from hal.base import FAULT_LOOP_HIGH, FAULT_LOOP_LOW, FAULT_MAINTENANCE
 
 MEASURE_LOW_MA, MEASURE_HIGH_MA = NE43_MEASURE_MA
 HEADROOM_MA = 22.0     # the ADC must still resolve this much, or loop_high could never be seen

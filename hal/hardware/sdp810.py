@@ -18,7 +18,7 @@ Start-up, never waiting in a scan (Sensirion embedded-i2c-sdp, sdp_i2c.h):
   is available after 8ms").
 
 The scale factor word identifies the pressure range: it must be the configured part's (60 per Pa
-for the 500 Pa parts, 240 for the 125 Pa parts; hal/bindings.py SDP8XX_PARTS). Guards: a 125 Pa
+for the 500 Pa parts, 240 for the 125 Pa parts; cellspec/bindings.py SDP8XX_PARTS). Guards: a 125 Pa
 part read as a 500 Pa one would clip silently at about 136 Pa, below the overpressure trip; any
 other scale is fault "device".
 """
@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cellspec.bindings import DEFAULT_SDP8XX_PART, SDP8XX_PARTS
 from hal.base import FAULT_CRC, FAULT_DEVICE
-from hal.bindings import DEFAULT_SDP8XX_PART, SDP8XX_PARTS
 from hal.hardware.device import DeviceFault, SensorDevice
 from hal.hardware.plan import DevicePlan
 

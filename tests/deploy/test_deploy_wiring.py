@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from cellspec.names import OUTPUTS
 from controller.config import load
-from controller.names import OUTPUTS
 from hal.hardware.gpio import pin_level
 
 REPO = Path(__file__).resolve().parents[2]

@@ -502,7 +502,7 @@ def make_config(mutate=None):
 
 def scan(cell, wiring, n=1, step_ms=100):
     """n scans, the clock advancing step_ms before each; the last readings by sensor name."""
-    from controller.names import SENSORS
+    from cellspec.names import SENSORS
 
     readings = None
     for _ in range(n):

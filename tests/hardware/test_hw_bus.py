@@ -9,8 +9,8 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 from hwfakes import FakeCellWiring, make_config, scan, wire_recovery
 
+from cellspec.names import SENSORS
 from controller.config import ConfigError
-from controller.names import SENSORS
 from hal.hardware import HardwareCell
 from hal.hardware.busrecovery import CLOCKS, RECOVERY_INTERVAL_MS
 
@@ -219,7 +219,7 @@ def run_probe(wired):
 
     from hwfakes import CELL_TOML
 
-    from hal.hardware.probe import main
+    from controller.probe import main
     wiring, factory, out = FakeCellWiring(), MockFactory(), io.StringIO()
 
     def open_cell(config):

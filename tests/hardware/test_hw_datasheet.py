@@ -31,9 +31,9 @@ from hwfakes import (
 )
 
 from controller.config import ConfigError, parse
+from controller.probe import main as probe_main
 from hal.hardware import HardwareCell
 from hal.hardware.ads1115 import config_word
-from hal.hardware.probe import main as probe_main
 
 E = 0.0025          # shunt tolerance + ADC gain error: a current reads within ±0.25 %
 ERRORS = (-E, 0.0, E)

@@ -8,7 +8,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 from hwfakes import FakeCellWiring, make_config
 
-from controller.names import EDGE_LATCHED_INPUTS, INPUTS, OUTPUTS
+from cellspec.names import EDGE_LATCHED_INPUTS, INPUTS, OUTPUTS
 from hal.hardware import HardwareCell
 from hal.hardware.gpio import pin_level
 

@@ -26,7 +26,7 @@ def run(code: str) -> subprocess.CompletedProcess:
 
 
 def test_hal_and_controller_import_without_vendor_packages():
-    r = run("import hal, hal.hardware, hal.hardware.probe, hal.bindings, controller.config\n"
+    r = run("import hal, hal.hardware, controller.probe, cellspec.bindings, controller.config\n"
             "from hal.hardware import HardwareCell\nprint('ok')")
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 

@@ -13,7 +13,7 @@ import pytest
 from fake_lgpio import LG_OUTPUT, FakeLgpio
 from hwfakes import FakeCellWiring, make_config
 
-from controller.names import INPUTS, OUTPUTS
+from cellspec.names import INPUTS, OUTPUTS
 from hal.hardware import HardwareCell
 from hal.hardware.gpio import NoGpio, board_model, header_gpiochip, open_factory
 

@@ -10,9 +10,9 @@ import time
 from gpiozero.pins.mock import MockFactory
 from hwfakes import FakeCellWiring, make_config
 
+from cellspec.names import SENSORS
 from controller.link.mqtt import PlantLink
 from controller.loop import ScanLoop
-from controller.names import SENSORS
 from hal.hardware import HardwareCell
 
 

@@ -13,10 +13,10 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 from hwfakes import CELL_TOML, FakeADS1115, FakeCellWiring, make_config
 
-from controller.names import OUTPUTS
+from cellspec.names import OUTPUTS
+from controller.probe import main
 from hal.hardware import HardwareCell
 from hal.hardware.gpio import NoGpio
-from hal.hardware.probe import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

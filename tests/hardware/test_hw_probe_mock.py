@@ -13,9 +13,9 @@ import io
 import pytest
 from hwfakes import CELL_TOML
 
+from controller.probe import main
 from hal.hardware.cell import _Buses
 from hal.hardware.device import BusOpenError
-from hal.hardware.probe import main
 
 
 class FakeTime:

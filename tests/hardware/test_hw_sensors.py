@@ -7,7 +7,7 @@ import math
 import pytest
 from hwfakes import FakeCellWiring, chip_of, make_config, scan, set_loop
 
-from controller.names import SENSORS
+from cellspec.names import SENSORS
 from hal.base import Reading
 from hal.hardware import HardwareCell
 from hal.hardware.ads1115 import config_word

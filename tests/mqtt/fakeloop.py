@@ -11,8 +11,8 @@ import math
 import threading
 import time
 
+from cellspec.names import INPUTS, OUTPUTS, SENSORS
 from controller.loop import Snapshot
-from controller.names import INPUTS, OUTPUTS, SENSORS
 
 ALLOWED = {"purge": ("IDLE", "PURGING"), "start": ("READY", "RUNNING"), "stop": ("RUNNING", "STOPPING"),
            "shutdown": ("PURGING", "IDLE")}

@@ -10,7 +10,7 @@ from conftest import wait_for
 from controllers import Controller, busy_scenario
 from plant import fast_config_file
 
-from controller.names import STATES
+from cellspec.names import STATES
 
 BASE = "crushcell/cell1"
 

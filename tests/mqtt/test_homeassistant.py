@@ -16,9 +16,9 @@ from conftest import plant_config, wait_for
 from fakeloop import FakeLoop, Runner
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from cellspec.names import OUTPUTS, SENSORS, STATES
 from controller.link import payloads
 from controller.link.mqtt import PlantLink
-from controller.names import OUTPUTS, SENSORS, STATES
 from controller.rules import CAUSES
 
 BASE = "crushcell/cell1"

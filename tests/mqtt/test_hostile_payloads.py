@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from thoroughness import examples
 
+from cellspec.names import COMMANDS
 from controller.link import client as mq
 from controller.link import commands
 from controller.link.mqtt import PlantLink
-from controller.names import COMMANDS
 
 BASE = "crushcell/cell1"
 CMD = f"{BASE}/cmd"

@@ -15,10 +15,10 @@ from conftest import plant_config, wait_for
 from fakeloop import FakeLoop, Runner
 from plant import Plant, fast_config
 
+from cellspec.names import SENSORS
 from controller.link import mqtt as link_mqtt
 from controller.link.mqtt import PlantLink
 from controller.loop import ScanLoop
-from controller.names import SENSORS
 from hal.sim import SimulatedCell
 
 BASE = "crushcell/cell1"

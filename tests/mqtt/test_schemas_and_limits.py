@@ -18,9 +18,9 @@ from controllers import Controller
 from fakeloop import FakeLoop
 from plant import Plant, fast_config, fast_config_file
 
+from cellspec.names import COMMANDS, INPUTS, OUTPUTS, SENSORS, STATES
 from controller.link import mqtt as link_mqtt
 from controller.link.mqtt import PlantLink
-from controller.names import COMMANDS, INPUTS, OUTPUTS, SENSORS, STATES
 from controller.rules import ALARMS, CAUSES
 
 BASE = "crushcell/cell1"

@@ -10,8 +10,8 @@ import json
 from conftest import wait_for
 from plant import Plant, fast_config
 
+from cellspec.names import O2_SENSORS, SENSORS
 from controller.link.payloads import decimals
-from controller.names import O2_SENSORS, SENSORS
 
 BASE = "crushcell/cell1"
 

@@ -25,9 +25,9 @@ import pytest
 from brokers import Broker, free_port
 from conftest import ROOT, Subscriber
 
+from cellspec.names import INPUTS, OUTPUTS, SENSORS
 from controller.link import payloads
 from controller.link.watch import View, newer
-from controller.names import INPUTS, OUTPUTS, SENSORS
 
 UNITS = {"o2_a": "%", "o2_b": "%", "o2_c": "%", "h2_cell": "vol%", "lel_cell": "%LEL", "co_cell": "ppm",
          "temp_material": "C", "dp_cell": "Pa"}

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from controller.names import INPUTS, OUTPUTS, SENSORS
+from cellspec.names import INPUTS, OUTPUTS, SENSORS
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DEFAULT_STATE_DIR = "/var/lib/crushcell"   # a board's; the default follows controller/statedir.py
@@ -140,8 +140,8 @@ def main(argv: list[str], *, open_cell: Callable[[Any], Any] | None = None, stdi
 def _probe(args: argparse.Namespace, config: Any, open_cell: Callable[[Any], Any] | None, out: TextIO,
            err: TextIO, clock: Callable[[], float], sleep: Callable[[float], None]) -> int:
 
+    from controller.probe_datasheet import probe_datasheet
     from hal.hardware.plan import WiringError
-    from hal.hardware.probe_datasheet import probe_datasheet
 
     try:
         if open_cell is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.configtools import Section
+from cellspec.configtools import Section
 
 KINDS = ("ads1115_4_20ma", "mcp9600", "sdp810")
 THERMOCOUPLES = ("K", "J", "T", "N", "S", "E", "B", "R")

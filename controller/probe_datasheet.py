@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
-from controller.names import SENSORS
-from hal.bindings import NE43_FAILED_HIGH_MA, NE43_FAILED_LOW_MA, NE43_MEASURE_MA, SDP8XX_PARTS
+from cellspec.bindings import NE43_FAILED_HIGH_MA, NE43_FAILED_LOW_MA, NE43_MEASURE_MA, SDP8XX_PARTS
+from cellspec.names import SENSORS
 from hal.hardware.mcp9600 import ST_INPUT_RANGE
 from hal.hardware.scaling import classify_loop
 from hal.hardware.sdp810 import part_of_scale

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.configtools import Section
+from cellspec.configtools import Section
 
 SUPPLY_OFF_MS = (100, 5000, 500)    # min, max, default: how long a power cycle cuts the supply
 
