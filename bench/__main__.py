@@ -2,6 +2,9 @@
 and write bench/results.json.
 
     python -m bench [suite ...]      e.g. python -m bench bench_mqtt bench_fleet
+    make bench BENCH="bench_memory"  the same through make
+
+Each suite's run time is printed after its figures and kept in results.json (`run_time_s`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 SUITES = ("bench.bench_core", "bench.bench_loop", "bench.bench_hardware", "bench.bench_mqtt",
-          "bench.bench_fleet")
+          "bench.bench_fleet", "bench.bench_memory")
 
 # Targets of suites that report plain figures: (suite, path to the figure, bound, target).
 # bench_mqtt and bench_fleet report {"value", "target", "verdict"} themselves; bench_core says
@@ -92,12 +95,17 @@ def main(argv: list[str]) -> int:
             results[short] = {"skipped": f"not available: {exc}"}
             continue
         print(f"== {name}", flush=True)
+        t0 = time.perf_counter()
         try:
             figures = module.run()
         except Exception as exc:  # a benchmark that breaks is reported, the others still run
             traceback.print_exc()
             figures = {"error": repr(exc)}
+        took = round(time.perf_counter() - t0, 1)
+        if isinstance(figures, dict):
+            figures.setdefault("run_time_s", took)
         print(json.dumps(figures, indent=2), flush=True)
+        print(f"== {name}: {took} s", flush=True)
         results[short] = figures
         table += verdicts(short, figures) + checked(short, figures)
     results["verdicts"] = table

@@ -477,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("probe", help="commissioning: check every device and wire (hardware)",
                    add_help=False)
     sub.add_parser("watch", help="live view of one or more cells over MQTT", add_help=False)
+    sub.add_parser("hmi", help="local web HMI: every cell on the broker, live, in a browser",
+                   add_help=False)
     p.epilog = EXAMPLES[""]
     named = [*sub.choices.items(), *(("calibration " + n, q) for n, q in cal_sub.choices.items())]
     for name, parser in named:
@@ -496,6 +498,10 @@ def main(argv: list[str] | None = None) -> int:
         from controller.link.watch import main as watch_main
 
         return watch_main(argv[1:])
+    if argv and argv[0] == "hmi":
+        from controller.hmi.server import main as hmi_main
+
+        return hmi_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -16,6 +16,7 @@ from cellspec.busconfig import read_i2c
 from cellspec.configtools import MISSING, InputFileError, Section, fmt, read_toml
 from cellspec.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS
 from controller import envelope
+from controller.hmi.settings import HmiSettings, read_hmi
 from controller.link.settings import MqttSettings, read_mqtt
 from controller.logsetup import DEFAULT_LEVEL, LEVEL_NAMES
 
@@ -84,6 +85,7 @@ class PlantConfig:
     vote_recovery_s: float = 10.0          # [voting.o2] recovery_s
     frozen_s: float = 60.0                 # [voting.o2] frozen_s
     log_level: str = "info"                # [logging] level: what `run` logs (-v / -q override it)
+    hmi: HmiSettings = field(default_factory=HmiSettings)   # [hmi]: `crushcell hmi` (docs/hmi.md)
 
     def safe_outputs(self) -> dict[str, bool]:
         return {name: self.outputs[name].safe for name in OUTPUTS}
@@ -231,6 +233,7 @@ def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> Pla
     logging_s = root.table("logging", {})
     log_level = logging_s.string("level", DEFAULT_LEVEL, choices=LEVEL_NAMES)
     logging_s.check_unknown()
+    hmi = read_hmi(root.table("hmi", {}))
     env.report()
 
     pins.append(("watchdog.heartbeat_pin", heartbeat_pin))
@@ -249,6 +252,7 @@ def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> Pla
         outputs=outputs, heartbeat_pin=heartbeat_pin, mqtt=mqtt, raw=data, calibration=calibration,
         permissive_loss_limit=permissive_loss_limit, vote_recovery_s=vote_recovery_s, frozen_s=frozen_s,
         late_scan_trip_periods=late_scan_trip_periods, hal_backend=hal_backend, i2c=i2c, log_level=log_level,
+        hmi=hmi,
     )
     # The core checks its parameters again at construction; what passes here must pass there
     # (times are rounded to whole ms on the way).

@@ -290,6 +290,9 @@ class StatusLine:
 
 
 # -- the banner and the summary ---------------------------------------------------------------------
+SUMMARY_TRIPS = 20   # trips the exit summary lists (the count covers them all; the journal has each)
+
+
 @dataclass
 class RunRecord:
     """What the pump saw go by, for the exit summary: counts, trips, the `end` record."""
@@ -298,7 +301,8 @@ class RunRecord:
     journaled: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
-    trips: list[tuple[float, list[str]]] = field(default_factory=list)
+    trips: list[tuple[float, list[str]]] = field(default_factory=list)   # the last SUMMARY_TRIPS
+    trip_count: int = 0
     end: dict | None = None
 
     def feed(self, events: list[dict], journaled_types: tuple[str, ...] = ()) -> None:
@@ -313,7 +317,12 @@ class RunRecord:
             if kind in journaled_types:
                 self.journaled += 1
             if kind == "trip":
+                # Bounded: a controller that runs for months must not keep every trip in memory
+                # (the journal has them all; the summary names the count and the last ones).
+                self.trip_count += 1
                 self.trips.append((float(e.get("t") or 0.0), [str(c) for c in e.get("causes") or []]))
+                if len(self.trips) > SUMMARY_TRIPS:
+                    del self.trips[0]
             elif kind == "end":
                 self.end = e
 
@@ -352,7 +361,8 @@ def summary_lines(record: RunRecord, *, state_dir: str, events_path: str | None,
     lines = [head]
     if record.trips:
         trips = "; ".join(f"t={t:.1f} s {', '.join(c)}" for t, c in record.trips)
-        lines.append(f"  trips      {len(record.trips)}: {trips}")
+        shown = "" if record.trip_count == len(record.trips) else f" (the last {len(record.trips)})"
+        lines.append(f"  trips      {record.trip_count}{shown}: {trips}")
     else:
         lines.append("  trips      none")
     seqs = f" (seq {record.first_seq} to {record.last_seq})" if record.first_seq is not None else ""

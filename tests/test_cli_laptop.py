@@ -94,7 +94,7 @@ def test_journal_of_an_empty_state_dir_says_where_it_looked(tmp_path):
 # -- help ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv", [["run"], ["simulate"], ["check-config"], ["cause-effect"], ["journal"],
                                   ["calibration"], ["calibration", "record"], ["calibration", "show"],
-                                  ["panel"], ["probe"], ["watch"]])
+                                  ["panel"], ["probe"], ["watch"], ["hmi"]])
 def test_every_subcommand_shows_its_defaults_and_an_example(argv):
     shown = crushcell(*argv, "--help")
     assert shown.returncode == 0, shown.stderr

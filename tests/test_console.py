@@ -137,3 +137,14 @@ def test_the_width_comes_from_the_terminal(monkeypatch):
     assert cells(out.getvalue()[len("\r\033[K"):]) <= 59
     status.clear()
     assert out.getvalue().endswith("\r\033[K") and not status.shown
+
+
+def test_the_exit_summary_keeps_a_bounded_list_of_trips():
+    """A controller that runs for months must not grow with every trip (found by bench_memory)."""
+    from controller.console import SUMMARY_TRIPS, RunRecord
+
+    record = RunRecord()
+    for k in range(SUMMARY_TRIPS * 5):
+        record.feed([{"type": "trip", "t": float(k), "causes": ["estop"], "seq": k + 1}])
+    assert record.trip_count == SUMMARY_TRIPS * 5
+    assert len(record.trips) == SUMMARY_TRIPS and record.trips[-1][0] == SUMMARY_TRIPS * 5 - 1

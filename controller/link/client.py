@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 import stat
 from typing import Any
@@ -139,7 +140,17 @@ def make_client(settings: Any, client_id: str, *, password: str | None,
     # jittered delays of its own after every failed attempt (set_next_delay).
     client.reconnect_delay_set(min_delay=settings.reconnect_min_s,    # type: ignore[arg-type]
                                max_delay=settings.reconnect_max_s)    # type: ignore[arg-type]
+    client.on_socket_open = _send_at_once
     return client
+
+
+def _send_at_once(_client: Any, _userdata: Any, sock: Any) -> None:
+    """TCP_NODELAY: a command reply or an event is one small packet; Nagle's algorithm held each
+    behind the previous one's delayed ACK (up to 40 ms; measured p99 52 ms -> 12 ms, docs/mqtt.md)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError, ValueError):
+        pass   # not a TCP socket (a test double, a unix socket): nothing to tune
 
 
 def set_next_delay(client: mqtt.Client, delay_s: float) -> None:

@@ -37,7 +37,13 @@ def check_complete(events, last_seq):
             continue
         first_copy[seq] = e
         order.append(seq)
-    assert order == list(range(1, last_seq + 1))
+    assert sorted(order) == list(range(1, last_seq + 1))       # complete: nothing lost
+    # In order, except that a record whose first delivery died with the broker (in flight at the
+    # cut) is sent again from the outbox after the restart, flagged historical, and may then land
+    # after later ones (seen under load, 2 runs in about 7). Anything else out of order is a bug.
+    late = [seq for k, seq in enumerate(order) if any(s > seq for s in order[:k])]
+    assert all(first_copy[seq].get("historical") for seq in late), \
+        [(seq, first_copy[seq]) for seq in late if not first_copy[seq].get("historical")]
     return len(events) - len(order)
 
 
