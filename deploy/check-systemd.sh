@@ -197,7 +197,7 @@ printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\ndisable-pip-version
 src="$ct_root/root/src"
 mkdir -p "$src/dist" "$work/build"
 # The wheel is built from a copy of the sources, so the checkout gets no build/ or egg-info.
-cp -a "$repo/pyproject.toml" "$repo/README.md" "$repo/controller" "$repo/hal" "$work/build/"
+cp -a "$repo/pyproject.toml" "$repo/README.md" "$repo/controller" "$repo/hal" "$repo/cellspec" "$work/build/"
 find "$work/build" -name __pycache__ -prune -exec rm -rf {} +
 python3 -m pip wheel --no-deps --quiet -w "$src/dist" "$work/build" >"$work/wheel.log" 2>&1 \
     || { cat "$work/wheel.log" >&2; die "could not build the wheel"; }

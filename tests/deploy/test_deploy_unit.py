@@ -123,3 +123,19 @@ def test_unit_parses_as_ini():
     parser.read_string(UNIT.read_text())
     assert parser.sections() == ["Unit", "Service", "Install"]
     assert parser["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_check_systemd_builds_its_wheel_from_every_package_the_project_ships():
+    """check-systemd copies the sources it builds from: a package missing there made an install
+    that could not import (cellspec, when the layering moved the names into it)."""
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    include = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
+        "include"]
+    packages = {p.rstrip("*") for p in include}
+    line = next(ln for ln in (root / "deploy" / "check-systemd.sh").read_text().splitlines()
+                if ln.startswith('cp -a "$repo/pyproject.toml"'))
+    copied = set(re.findall(r'"\$repo/([a-z_]+)"', line))
+    assert packages <= copied, f"check-systemd.sh does not copy {sorted(packages - copied)}"
