@@ -106,7 +106,9 @@ def status(records: dict[str, dict[str, str]], limits: dict[str, float],
         for kind, key in KINDS.items():
             last_text = records.get(sensor, {}).get(kind)
             try:
-                last = dt.date.fromisoformat(last_text) if last_text else None
+                # Anything but a date string (a number, a list: a hand-edited or damaged file) is
+                # no record: the sensor counts as never tested, the worst case.
+                last = dt.date.fromisoformat(last_text) if isinstance(last_text, str) and last_text else None
             except ValueError:
                 last = None
             if last is None:

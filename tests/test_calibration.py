@@ -184,3 +184,16 @@ def test_cli_show_on_the_simulated_cell_says_why_nothing_blocks_start(tmp_path):
     assert "Judged for the board (--hal hardware)" in board.stdout
     assert "crushcell calibration show --hal sim" in board.stdout
     assert "never recorded: blocks start" in board.stdout
+
+
+def test_a_date_that_is_not_a_string_counts_as_never_recorded():
+    """A damaged calibration.json ({"bump": 5}) raised TypeError in the pump's check every pass;
+    now the sensor counts as never tested (the worst case) and start stays blocked."""
+    import datetime as dt
+
+    from controller import calibration
+
+    limits = {"bump_interval_days": 30.0, "calibration_interval_days": 180.0, "grace_days": 7.0}
+    rows = calibration.status({"o2_a": {"bump": 5, "calibration": ["x"]}}, limits, dt.date(2026, 11, 29))
+    mine = [r for r in rows if r["sensor"] == "o2_a"]
+    assert mine and all(r["last"] is None and r["overdue"] for r in mine)

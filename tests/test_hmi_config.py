@@ -28,6 +28,8 @@ def test_defaults_loopback_and_no_commands():
     assert hmi.listen == "127.0.0.1:8080" and hmi.commands is False
     assert parse_with('listen = "0.0.0.0:9000"\ncommands = true').hmi.address == ("0.0.0.0", 9000)
     assert parse_listen("[::1]:8080") == ("::1", 8080)
+    assert hmi.state_dir is None   # the rule of `crushcell run` (controller/statedir.py)
+    assert parse_with('state_dir = "/var/lib/crushcell"').hmi.state_dir == "/var/lib/crushcell"
 
 
 @pytest.mark.parametrize(("toml", "error"), [
@@ -37,6 +39,8 @@ def test_defaults_loopback_and_no_commands():
     ('listen = 8080', "[hmi] listen = 8080 must be a string"),
     ("commands = 1", "[hmi] commands = 1 must be true or false"),
     ("command = true", "[hmi] unknown key 'command'"),
+    ("state_dir = 1", "[hmi] state_dir = 1 must be a string"),
+    ('state_dir = ""', '[hmi] state_dir = "" must not be empty'),
 ])
 def test_errors_name_the_file_the_key_and_the_problem(toml, error):
     with pytest.raises(cfg.ConfigError) as exc:

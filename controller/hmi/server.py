@@ -19,9 +19,9 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from controller.hmi import views
+from controller.hmi import journal, views
 from controller.hmi.model import Store
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -37,6 +37,7 @@ class Usage(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from controller import statedir
     from controller.clihelp import HelpFormatter
 
     p = argparse.ArgumentParser(
@@ -44,22 +45,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local web HMI: every cell on the broker, live (a plain MQTT client of the public "
                     "topics).",
         epilog="examples:\n  crushcell hmi                              # http://127.0.0.1:8080/\n"
-               "  crushcell hmi --broker 10.0.0.5 --listen 0.0.0.0:8080   # the shift lead's screen")
+               "  crushcell hmi --broker 10.0.0.5 --listen 0.0.0.0:8080   # the shift lead's screen\n"
+               "  crushcell hmi --state-dir var/demo         # beside make run: its journal and calibration")
     p.add_argument("--config", default=os.environ.get("CRUSHCELL_CONFIG", "config/cell.toml"), metavar="PATH",
                    help="plant configuration: broker, topic prefix, limits, [hmi] listen and commands")
     p.add_argument("--broker", metavar="HOST[:PORT]", help="MQTT broker (overrides the config)")
     p.add_argument("--listen", metavar="HOST:PORT", help="where to serve the pages (default: [hmi] listen, "
                                                          "127.0.0.1:8080)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="the controller's state dir, read only: the journal search and the calibration dates "
+                        f"(default: [hmi] state_dir, else the rule of `crushcell run`: ${statedir.ENV}, else "
+                        f"{statedir.BOARD_STATE_DIR} if it exists, else ./{statedir.DEV_STATE_DIR}; here: "
+                        f"{statedir.default_state_dir()}; the demo, make run: var/demo)")
     return p
 
 
 class Hmi:
     """The MQTT side and the state the pages render; `publish_command` is the only thing that sends."""
 
-    def __init__(self, config: Any, host: str, port: int, *, commands: bool):
+    def __init__(self, config: Any, host: str, port: int, *, commands: bool, state_dir: str | None = None):
+        from controller import statedir
         from controller.link import client as mq
 
         self.config = config
+        # Read only, for the journal search and the calibration dates: --state-dir, else [hmi] state_dir,
+        # else the rule every command uses (controller/statedir.py).
+        self.state_dir = state_dir or config.hmi.state_dir or statedir.default_state_dir()
         self.settings = config.mqtt
         self.prefix = config.mqtt.topic_prefix
         self.commands = commands
@@ -111,6 +122,39 @@ class Hmi:
 
             self._ce = causeeffect.render(self.config, "html")
         return self._ce
+
+    def calibration(self, cell: str) -> dict[str, Any]:
+        """The gas sensors' records as `crushcell calibration show` judges them (controller/calibration.py)
+        for the config's [hal] backend, read from the state dir; only for the config's own cell."""
+        import datetime as dt
+
+        from controller import calibration as cal
+
+        where = journal.shown(self.state_dir)
+        answer: dict[str, Any] = {"cell": self.config.cell_id, "dir": where}
+        if cell != self.config.cell_id:
+            return dict(answer, other=True)
+        problem = journal.state_dir_problem(self.state_dir)
+        if problem:
+            return dict(answer, problem=problem)
+        backend = self.config.hal_backend
+        path = os.path.join(self.state_dir, cal.CALIBRATION_FILE)
+        try:
+            records, error = cal.load(self.state_dir), None
+        except cal.CalibrationError as exc:   # as the controller's Tracker: never tested
+            records, error = {}, str(exc)
+        try:
+            applies = cal.enforced(self.state_dir, backend == "hardware")
+            exists = os.path.exists(path)
+        except OSError as exc:
+            return dict(answer, problem=f"cannot read {path}: {exc.strerror or exc}; {journal.HINT}")
+        today = dt.date.today()
+        try:
+            rows = cal.status(records, self.config.calibration, today)
+        except (TypeError, ValueError, KeyError) as exc:   # a hand-edited file: a date that is no string
+            return dict(answer, problem=f"cannot judge {path}: {exc!r}")
+        return dict(answer, backend=backend, path=path, exists=exists, applies=applies, error=error,
+                    rows=rows, overdue=cal.due_and_overdue(rows)[1], today=today.isoformat())
 
     def publish_command(self, cell: str, action: str, by: str) -> tuple[int, dict[str, Any]]:
         """(HTTP status, answer). Never retained; a fresh id each time (docs/mqtt.md)."""
@@ -166,6 +210,8 @@ class Handler(BaseHTTPRequestHandler):
             self._sse(lambda: views.plant(hmi.store.view()))
         elif path == "/cause-effect":
             self._send(200, hmi.cause_effect())
+        elif path == "/journal":
+            self._journal()
         elif path == "/api/state":
             view = hmi.store.view()
             brief = {n: {k: c[k] for k in ("availability", "state", "age", "offline", "stale")}
@@ -175,7 +221,8 @@ class Handler(BaseHTTPRequestHandler):
             name = m.group(1)
 
             def render() -> str:
-                return views.cell(hmi.store.view(name), name, hmi.config, time.time())
+                return views.cell(hmi.store.view(name), name, hmi.config, time.time(),
+                                  calib=hmi.calibration(name))
 
             if m.group(2) == "/sse":
                 self._sse(render)
@@ -184,6 +231,22 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(200, views.page(f"crushcell {name}", render(), f"/cell/{name}/sse", extra))
         else:
             self._send(404, "not found", "text/plain; charset=utf-8")
+
+    def _journal(self) -> None:
+        """The journal search: 400 with the problems in words for a bad query, never a traceback."""
+        try:
+            params = parse_qs(urlsplit(self.path).query, keep_blank_values=True, max_num_fields=20)
+        except ValueError:
+            params = {}
+            problems = ["too many query parameters (since, until, type, cause, limit)"]
+        else:
+            problems = []
+        q, more = journal.parse_query(params)
+        problems += more
+        result = None if problems else journal.search(self.hmi.state_dir, q)
+        where = f"state dir {journal.shown(self.hmi.state_dir)}"
+        body = views.journal(q, problems, result, where, self.hmi.config.cell_id)
+        self._send(400 if problems else 200, views.page("crushcell journal", body, ""))
 
     def _sse(self, render: Any) -> None:
         """Server-sent events: the live HTML on every change (at most 4 a second) and every second."""
@@ -271,7 +334,7 @@ def main(argv: list[str]) -> int:
         try:
             bhost, bport = (mq.parse_broker(args.broker, config.mqtt.port) if args.broker
                             else (config.mqtt.host, config.mqtt.port))
-            hmi = Hmi(config, bhost, bport, commands=config.hmi.commands)
+            hmi = Hmi(config, bhost, bport, commands=config.hmi.commands, state_dir=args.state_dir)
         except mq.LinkConfigError as exc:
             raise Usage(str(exc)) from None
         try:
@@ -291,7 +354,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, stop)
     where = f"[{host}]" if ":" in host else host
     print(f"crushcell hmi: http://{where}:{port}/ for the cells on {bhost}:{bport} under "
-          f"{config.mqtt.topic_prefix}/; commands {'ON' if config.hmi.commands else 'off'}", file=sys.stderr,
+          f"{config.mqtt.topic_prefix}/; commands {'ON' if config.hmi.commands else 'off'}; "
+          f"state dir (read only) {journal.shown(hmi.state_dir)}", file=sys.stderr,
           flush=True)
     try:
         server.serve_forever(poll_interval=0.5)

@@ -1,4 +1,5 @@
-"""The `[hmi]` table: where the web HMI listens and whether it may send commands (docs/hmi.md).
+"""The `[hmi]` table: where the web HMI listens, whether it may send commands, and which state dir it
+reads (the journal and the calibration records; docs/hmi.md).
 
 Read by controller/config.py like every other table (errors name file, table, key and problem);
 kept free of imports so that loading a config never pulls in the web server.
@@ -16,6 +17,7 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 class HmiSettings:
     listen: str = DEFAULT_LISTEN   # HOST:PORT ([v6addr]:PORT)
     commands: bool = False         # the page offers purge/start/stop/shutdown/ack (reset: cell.remote_reset)
+    state_dir: str | None = None   # the controller's state dir, read only; None: controller/statedir.py
 
     @property
     def address(self) -> tuple[str, int]:
@@ -46,6 +48,7 @@ def read_hmi(section: Any) -> HmiSettings:
     """`section` is a cellspec.configtools.Section over `[hmi]` (absent: the defaults)."""
     listen = section.string("listen", DEFAULT_LISTEN, nonempty=True)
     commands = section.boolean("commands", False)
+    state_dir = section.string("state_dir", "", nonempty=True)
     if isinstance(listen, str) and listen.strip():
         try:
             parse_listen(listen)
@@ -53,4 +56,5 @@ def read_hmi(section: Any) -> HmiSettings:
             section.key_error("listen", str(exc))
             listen = DEFAULT_LISTEN
     section.check_unknown()
-    return HmiSettings(listen=listen, commands=commands)
+    return HmiSettings(listen=listen, commands=commands,
+                       state_dir=state_dir if isinstance(state_dir, str) and state_dir.strip() else None)

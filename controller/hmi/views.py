@@ -61,10 +61,12 @@ svg text{fill:#e2e8f0;font-size:12px}.trend{width:100%;height:auto;background:#0
 JS = """
 (function(){
   var live=document.getElementById('live'), conn=document.getElementById('conn');
-  var es=new EventSource(live.dataset.sse);
-  es.addEventListener('update',function(ev){live.innerHTML=ev.data;});
-  es.onopen=function(){conn.textContent='live';conn.className='';};
-  es.onerror=function(){conn.textContent='HMI CONNECTION LOST: values are not live';conn.className='down';};
+  if(live.dataset.sse){
+    var es=new EventSource(live.dataset.sse);
+    es.addEventListener('update',function(ev){live.innerHTML=ev.data;});
+    es.onopen=function(){conn.textContent='live';conn.className='';};
+    es.onerror=function(){conn.textContent='HMI CONNECTION LOST: values are not live';conn.className='down';};
+  }
   var form=document.getElementById('cmds');
   if(!form) return;
   form.addEventListener('click',function(ev){
@@ -83,12 +85,14 @@ JS = """
 
 
 def page(title: str, live: str, sse: str, extra: str = "", nav: str = "") -> str:
+    """sse: the event stream of the live part; "" for a page that is not live (the journal search)."""
+    conn = "connecting" if sse else "not live: a search of the journal"
     return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
             f"<title>{e(title)}</title><style>{CSS}</style></head><body>"
             f"<header><h1>{e(title)}</h1><a href=\"/\">plant</a>"
-            f"<a href=\"/cause-effect\">cause and effect</a>"
-            f"{nav}<span id=\"conn\">connecting</span></header><main>{extra}"
+            f"<a href=\"/cause-effect\">cause and effect</a><a href=\"/journal\">journal</a>"
+            f"{nav}<span id=\"conn\">{conn}</span></header><main>{extra}"
             f"<div id=\"live\" data-sse=\"{e(sse)}\">{live}</div></main><script>{JS}</script></body></html>")
 
 
@@ -274,10 +278,13 @@ def _when(ts: Any) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S")
 
 
-def cell(view: dict[str, Any], name: str, config: Any, now_ts: float) -> str:
+def cell(view: dict[str, Any], name: str, config: Any, now_ts: float,
+         calib: dict[str, Any] | None = None) -> str:
+    """calib: Hmi.calibration(name), the gas sensors' records from the state dir (None: not shown)."""
     c = view["cells"].get(name)
     if c is None:
-        return _link_banner(view) + f"<p>cell {e(name)}: nothing heard from it on the broker yet</p>"
+        return (_link_banner(view) + f"<p>cell {e(name)}: nothing heard from it on the broker yet</p>"
+                + (calibration(calib) if calib is not None else ""))
     st, tel = c["status"] or {}, c["telemetry"] or {}
     state = c["state"]
     causes = [str(x) for x in st.get("causes") or []] if st.get("state") == state else []
@@ -305,6 +312,8 @@ def cell(view: dict[str, Any], name: str, config: Any, now_ts: float) -> str:
     outputs = tel.get("outputs") or st.get("outputs") or {}
     out.append(f"</section><section><h2>outputs</h2>{_sketch(outputs)}</section></div>")
     out.append(f"<section><h2>sensors</h2>{_sensors(config, tel)}</section>")
+    if calib is not None:
+        out.append(calibration(calib))
     out.append("<section><h2>trends, last 60 minutes</h2><div class=\"grid\">")
     out += [_trend(config, c["trend"], k, label, lk, now_ts) for k, label, lk in TRENDS]
     out.append("</div></section><div class=\"grid\"><section><h2>command replies</h2>")
@@ -340,3 +349,122 @@ def commands_panel(name: str, actions: tuple[str, ...]) -> str:
             "<label>your name <input id=\"by\" maxlength=\"40\" autocomplete=\"name\"></label> "
             f"{buttons}<div id=\"cmdout\" class=\"muted\">sent over the cmd topic; the controller's own "
             "guards decide, its reply shows below</div></form></section>")
+
+
+def _calibration_word(r: dict[str, Any], applies: bool) -> tuple[str, str]:
+    """(the words of `crushcell calibration show` for a row, a CSS class)."""
+    if not applies:   # no calibration.json on the simulated cell: no record either
+        return "never recorded: not enforced on the simulated cell", "muted"
+    if r["last"] is None:
+        return "never recorded: blocks start", "fault"
+    if r["overdue"]:
+        return "OVERDUE: blocks start", "fault"
+    return ("due", "warn") if r["due"] else ("ok", "")
+
+
+def calibration(c: dict[str, Any]) -> str:
+    """The cell view's section of bump tests and calibrations (Hmi.calibration's answer)."""
+    out = ["<section id=\"calibration\"><h2>gas sensors: bump tests and calibrations</h2>"]
+    if c.get("other"):
+        out.append(f"<p class=\"muted\" id=\"calibration-note\">recorded in that cell's own state dir; this "
+                   f"HMI reads only the state dir of cell {e(c['cell'])}: {e(c['dir'])}</p></section>")
+        return "".join(out)
+    if c.get("problem"):
+        out.append(f"<p class=\"fault\" id=\"calibration-problem\">not shown: {e(c['problem'])}</p>"
+                   "</section>")
+        return "".join(out)
+    backend, path = c["backend"], c["path"]
+    if not c["applies"]:
+        out.append(f"<p class=\"muted\">{e(path)}: none. Judged as the config's [hal] backend = "
+                   f"{e(backend)}: the simulated cell applies the records only once a calibration.json "
+                   "exists, so nothing here blocks start there; on the board (hardware) every sensor never "
+                   "recorded blocks start.</p>")
+    elif backend != "hardware":
+        out.append(f"<p class=\"muted\">{e(path)} exists: the simulated cell ([hal] backend = {e(backend)}) "
+                   "enforces these records as the board does.</p>")
+    elif not c["exists"]:
+        out.append(f"<p class=\"muted\">{e(path)}: none. Judged for the board ([hal] backend = hardware): "
+                   "every sensor never recorded blocks start.</p>")
+    if c.get("error"):
+        out.append(f"<p class=\"fault\">{e(c['error'])}: every sensor counts as never tested, as the "
+                   "controller counts it</p>")
+    overdue = c["overdue"]
+    if c["applies"] and overdue:
+        out.append("<p class=\"fault\" id=\"calibration-blocks\">start is blocked: "
+                   + ", ".join(e(s) for s in overdue) + " not bump-tested or calibrated in time "
+                   "(interval + grace)</p>")
+    elif c["applies"]:
+        out.append("<p id=\"calibration-blocks\">start is not blocked by a bump test or a calibration</p>")
+    out.append("<table><tr><th>sensor</th><th>kind</th><th>last</th><th>due on</th><th>status</th></tr>")
+    for r in c["rows"]:
+        word, cls = _calibration_word(r, c["applies"])
+        out.append(f"<tr class=\"calibration\" data-sensor-kind=\"{e(r['sensor'])}:{e(r['kind'])}\">"
+                   f"<td>{e(r['sensor'])}</td><td>{e(r['kind'])}</td><td>{e(r['last'] or '-')}</td>"
+                   f"<td>{e(r['due_on'] or '-')}</td><td class=\"{cls}\">{e(word)}</td></tr>")
+    out.append(f"</table><p class=\"muted\">as of {e(c['today'])} on this machine's date; read from "
+               f"{e(c['dir'])} (crushcell calibration show)</p></section>")
+    return "".join(out)
+
+
+def _local(rec: dict[str, Any]) -> str:
+    from controller.hmi.journal import record_time
+
+    t = record_time(rec)
+    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S") if t is not None else "-"
+
+
+def journal(q: Any, problems: list[str], result: Any, where: str, cell_id: str) -> str:
+    """The journal search page: the form, then the problems, or what matched (newest first)."""
+    from controller.hmi.journal import MAX_RESULTS, TYPES, causes_of
+
+    typed = q.typed
+    options = "".join(f"<option value=\"{t}\"{' selected' if typed.get('type') == t else ''}>"
+                      f"{t or 'any type'}</option>" for t in ("", *TYPES))
+
+    def field(name: str, label: str, hint: str, size: int = 20) -> str:
+        return (f"<label>{label} <input name=\"{name}\" value=\"{e(typed.get(name, ''))}\" size=\"{size}\" "
+                f"placeholder=\"{e(hint)}\"></label> ")
+
+    out = [f"<section><h2>audit journal of cell {e(cell_id)}</h2><p class=\"muted\">{e(where)}: every trip, "
+           "command, state change, config and calibration record the controller journaled. Times: an ISO "
+           "time (without a zone: this machine's local time) or a duration back from now (90s, 30m, 2h, "
+           f"7d). Cause: part of a cause, e.g. co_rise. At most the newest {MAX_RESULTS} matching records "
+           "are shown.</p><form method=\"get\" action=\"/journal\" id=\"journal-form\">",
+           field("since", "since", "2h or 2026-11-29T06:00"), field("until", "until", "e.g. 30m"),
+           f"<label>type <select name=\"type\">{options}</select></label> ",
+           field("cause", "cause", "e.g. co_rise", 14), field("limit", "limit", str(MAX_RESULTS), 4),
+           "<button type=\"submit\">search</button></form></section>"]
+    if problems:
+        out.append("<section><p class=\"fault\" id=\"journal-problem\">not searched: "
+                   + "<br>".join(e(p) for p in problems) + "</p></section>")
+        return "".join(out)
+    if result.problem:
+        out.append(f"<section><p class=\"fault\" id=\"journal-problem\">the journal cannot be read here: "
+                   f"{e(result.problem)}</p></section>")
+        return "".join(out)
+    if not result.files:
+        summary = "no journal.jsonl in the state dir yet: the controller has journaled nothing there"
+    elif result.total == 0:
+        summary = f"no record matches (searched {result.files} journal file{'s' * (result.files != 1)})"
+    elif result.total > len(result.records):
+        summary = (f"{result.total} records match; showing the newest {len(result.records)}. Narrow the time "
+                   "range, the type or the cause to see older ones.")
+    else:
+        summary = f"{result.total} record{'s' * (result.total != 1)} match, newest first"
+    out.append(f"<section><p id=\"journal-summary\">{e(summary)}</p>")
+    if result.records:
+        skip = ("t", "ts", "seq", "type", "outputs", "commanded", "cause", "causes", "restored",
+                "from_journal")
+        out.append("<table><tr><th>time</th><th>seq</th><th>type</th><th>cause</th><th>details</th></tr>")
+        for rec in result.records:
+            rest = " ".join(f"{k}={json.dumps(v, separators=(',', ':'), default=str)}"
+                            for k, v in rec.items() if k not in skip)
+            out.append(f"<tr class=\"jrec\" data-type=\"{e(str(rec.get('type', '')))}\">"
+                       f"<td title=\"{e(str(rec.get('ts', '')))}\">{e(_local(rec))}</td>"
+                       f"<td class=\"num\">{e(str(rec.get('seq', '')))}</td>"
+                       f"<td>{e(str(rec.get('type', '?')))}</td>"
+                       f"<td class=\"cause\">{e(', '.join(causes_of(rec)))}</td>"
+                       f"<td>{e(rest[:300])}</td></tr>")
+        out.append("</table>")
+    out.append("</section>")
+    return "".join(out)
