@@ -191,7 +191,11 @@ class ScanLoop:
             else:
                 table[name] = max(expiry, table.get(name, 0.0))
             self._platform_expiry = table
-            self._platform_names = tuple(sorted(table))
+            names = tuple(sorted(table))
+            if names != self._platform_names:
+                # A new tuple only when the set changes: the scan applies it by identity, and the
+                # pump re-asserts held alarms (i2c_bus_stuck) every pass.
+                self._platform_names = names
 
     def publish_latch(self) -> None:
         """Copy what must survive a restart into `latch_state` (only when the core says it changed)."""

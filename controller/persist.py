@@ -142,6 +142,19 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _known_names(doc: dict[str, Any], key: str, known: Any, what: str, one: str) -> str | None:
+    """`doc[key]` must be a list of distinct names from `known`; else what is wrong with it."""
+    names = doc[key]
+    if not isinstance(names, list):
+        return f"{key}: not a list but {_show(names)}"
+    for n in names:
+        if not isinstance(n, str) or n not in known:
+            return f"{key}: {_show(n)} is not a known {what}"
+    if len(set(names)) != len(names):
+        return f"{key}: {one} appears twice in {_show(names)}"
+    return None
+
+
 def validate_latch(doc: Any) -> str | None:
     """None if `doc` is exactly a latch document the writer could have written; else what is wrong
     (the field and its value)."""
@@ -153,24 +166,14 @@ def validate_latch(doc: Any) -> str | None:
     for key in LATCH_REQUIRED:
         if key not in doc:
             return f"required key {_show(key)} missing"
-    causes = doc["causes"]
-    if not isinstance(causes, list):
-        return f"causes: not a list but {_show(causes)}"
-    for c in causes:
-        if not isinstance(c, str) or c not in CAUSE_INDEX:
-            return f"causes: {_show(c)} is not a known trip cause"
-    if len(set(causes)) != len(causes):
-        return f"causes: a cause appears twice in {_show(causes)}"
+    problem = _known_names(doc, "causes", CAUSE_INDEX, "trip cause", "a cause")
+    if problem is not None:
+        return problem
     if not isinstance(doc["trip_acked"], bool):
         return f"trip_acked: not true or false but {_show(doc['trip_acked'])}"
-    acked = doc["acked"]
-    if not isinstance(acked, list):
-        return f"acked: not a list but {_show(acked)}"
-    for a in acked:
-        if not isinstance(a, str) or a not in ALARM_INDEX:
-            return f"acked: {_show(a)} is not a known alarm"
-    if len(set(acked)) != len(acked):
-        return f"acked: an alarm appears twice in {_show(acked)}"
+    problem = _known_names(doc, "acked", ALARM_INDEX, "alarm", "an alarm")
+    if problem is not None:
+        return problem
     seq = doc["seq"]
     if not _is_int(seq) or not 0 <= seq <= SEQ_MAX:
         return f"seq: not an integer from 0 to {SEQ_MAX} but {_show(seq)}"
