@@ -530,9 +530,15 @@ else
     t0="$(signal_main SIGKILL "$pid")"
     if wait_new_ready "$pid" 30 >/dev/null; then
         inv="$(prop InvocationID)"
-        out="$(journal_json "_SYSTEMD_INVOCATION_ID=$inv")"
-        restored="$(first_mono "\"restored\":[\"${causes_before//,/\",\"}\"]" <<<"$out")"
-        back="$(first_mono '"from":"BOOT","to":"TRIPPED"' <<<"$out")"
+        # The BOOT -> TRIPPED event goes to stdout through the event pump beside the scan loop,
+        # so it can reach the journal a little after READY=1: look for up to 5 s.
+        for _ in $(seq 25); do
+            out="$(journal_json "_SYSTEMD_INVOCATION_ID=$inv")"
+            restored="$(first_mono "\"restored\":[\"${causes_before//,/\",\"}\"]" <<<"$out")"
+            back="$(first_mono '"from":"BOOT","to":"TRIPPED"' <<<"$out")"
+            [ -z "$restored" ] || [ -z "$back" ] || break
+            sleep 0.2
+        done
         status_tripped="$(wait_status 3 TRIPPED)"
         audit="$(in_ct /opt/crushcell/current/bin/crushcell journal --state-dir /var/lib/crushcell --since 10m \
             | grep -c '"to":"TRIPPED"' || true)"
