@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# The Sparkplug B decoder the tests check our encoder with (tests/sparkplug/spb_decode.py) lives in a
+# venv of its own: pysparkplug pins paho-mqtt<2, and ours runs on paho-mqtt 2.
+SPB_VENV  ?= .venv-spb
+SPB_PY    := $(SPB_VENV)/bin/python
+SPB_STAMP := $(SPB_VENV)/.installed-stamp
 SPEED  ?= 10
 
 .PHONY: run test lint bench mutation docs clean mosquitto deploy-lint check-arm64
@@ -12,6 +17,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+
+## .venv-spb/.installed-stamp: the independent Sparkplug B decoder venv (pysparkplug, its protobuf, paho-mqtt<2)
+# Only tests/sparkplug/spb_decode.py runs in it, as a subprocess of the tests (tests/sparkplug/decoder.py).
+# Another venv than .venv-spb: make test SPB_VENV=... CRUSHCELL_SPB_PYTHON=$PWD/.../bin/python
+$(SPB_STAMP):
+	$(PYTHON) -m venv $(SPB_VENV)
+	$(SPB_PY) -m pip install --quiet --upgrade pip
+	$(SPB_PY) -m pip install --quiet 'pysparkplug==0.6.1'
+	@touch $(SPB_STAMP)
 
 ## run: the controller on the simulated cell, normal-shift scenario, $(SPEED)x real time
 # The demo starts from a clean cell every time: its state dir (latch, journal, outbox) is fresh.
@@ -30,7 +44,7 @@ run: $(STAMP)
 # cores, and a file's module fixtures and test order stay as written. TEST_JOBS=0: one process.
 # HYPOTHESIS_PROFILE=thorough: ten times the property-test examples and the soak's whole week.
 TEST_JOBS ?= 2
-test: $(STAMP) mosquitto
+test: $(STAMP) $(SPB_STAMP) mosquitto
 	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 mosquitto:
@@ -70,4 +84,4 @@ docs: $(STAMP)
 		--events /dev/null --plot docs/trend-thermal-runaway.png
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache mutants
+	rm -rf $(VENV) $(SPB_VENV) build dist *.egg-info .pytest_cache .ruff_cache mutants

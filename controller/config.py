@@ -18,6 +18,7 @@ from cellspec.names import INPUTS, O2_SENSORS, OUTPUTS, SENSORS
 from controller import envelope
 from controller.hmi.settings import HmiSettings, read_hmi
 from controller.link.settings import MqttSettings, read_mqtt
+from controller.link.sparkplug.settings import SparkplugSettings, read_sparkplug
 from controller.logsetup import DEFAULT_LEVEL, LEVEL_NAMES
 
 # Thresholds the core reads, with the keys each must have. Order of keys: low to high.
@@ -86,6 +87,7 @@ class PlantConfig:
     frozen_s: float = 60.0                 # [voting.o2] frozen_s
     log_level: str = "info"                # [logging] level: what `run` logs (-v / -q override it)
     hmi: HmiSettings = field(default_factory=HmiSettings)   # [hmi]: `crushcell hmi` (docs/hmi.md)
+    sparkplug: SparkplugSettings = field(default_factory=SparkplugSettings)   # [sparkplug] (docs/sparkplug.md)
 
     def safe_outputs(self) -> dict[str, bool]:
         return {name: self.outputs[name].safe for name in OUTPUTS}
@@ -234,6 +236,7 @@ def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> Pla
     log_level = logging_s.string("level", DEFAULT_LEVEL, choices=LEVEL_NAMES)
     logging_s.check_unknown()
     hmi = read_hmi(root.table("hmi", {}))
+    sparkplug = read_sparkplug(root.table("sparkplug", {}), cell_id, SENSORS, mqtt.enabled)
     env.report()
 
     pins.append(("watchdog.heartbeat_pin", heartbeat_pin))
@@ -252,7 +255,7 @@ def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> Pla
         outputs=outputs, heartbeat_pin=heartbeat_pin, mqtt=mqtt, raw=data, calibration=calibration,
         permissive_loss_limit=permissive_loss_limit, vote_recovery_s=vote_recovery_s, frozen_s=frozen_s,
         late_scan_trip_periods=late_scan_trip_periods, hal_backend=hal_backend, i2c=i2c, log_level=log_level,
-        hmi=hmi,
+        hmi=hmi, sparkplug=sparkplug,
     )
     # The core checks its parameters again at construction; what passes here must pass there
     # (times are rounded to whole ms on the way).

@@ -185,8 +185,8 @@ def test_nonsense_numbers_are_refused_with_the_reason(argv, says, tmp_path):
 def test_unknown_top_level_table_is_named():
     errs = errors_of(lambda d: d.__setitem__("mqqt", {"host": "x"}))
     assert errs == ["config/cell.toml: unknown key 'mqqt' (likely a typo; known keys here: calibration, "
-                    "cell, hal, hmi, i2c, inputs, logging, mqtt, outputs, sensors, thresholds, timers, "
-                    "voting, watchdog)"]
+                    "cell, hal, hmi, i2c, inputs, logging, mqtt, outputs, sensors, sparkplug, thresholds, "
+                    "timers, voting, watchdog)"]
 
 
 # -- Safety envelopes (issue 9, item 2.1): config can no longer switch protection off ---------------

@@ -150,6 +150,13 @@ class PlantLink:
         self._audit_lock = threading.Lock()
         self.counters = collections.Counter()
         self._last_refusal_log = 0.0
+        # The Sparkplug B face (docs/sparkplug.md): off unless [sparkplug] enabled; a client of
+        # its own (its own last will), the same broker, snapshots and command path.
+        self.sparkplug: Any = None
+        sp = getattr(config, "sparkplug", None)
+        if sp is not None and sp.enabled:
+            from controller.link.sparkplug.node import SparkplugNode
+            self.sparkplug = SparkplugNode(config, self, state_dir, clock)
 
     # -- public --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -158,6 +165,8 @@ class PlantLink:
         self.loop.request_snapshot()
         mq.start(self.client, self.host, self.port, self.s.keepalive_s)
         self._net_started = True
+        if self.sparkplug is not None:
+            self.sparkplug.start()
         log.info("plant link: broker %s:%d, topics %s/#, outbox %s (%d waiting, %d dropped so far)",
                  self.host, self.port, self.base, self.outbox.path, self.outbox.pending, self.outbox.dropped)
 
@@ -165,9 +174,16 @@ class PlantLink:
         """Called by the pump for every event-log record. Quick: one append, one flag."""
         self._offered.append((self.clock(), event))
         self._wake.set()
+        if self.sparkplug is not None:
+            self.sparkplug.offer_event(event)
 
     def close(self, timeout: float = 5.0) -> None:
         """Clean shutdown: store the last events, deliver what we can, publish offline, disconnect."""
+        if self.sparkplug is not None:
+            try:
+                self.sparkplug.close(timeout)   # NDEATH first: the host marks the node offline
+            except Exception:
+                log.exception("sparkplug: error while closing the edge node")
         if self._worker is None:
             self.outbox.close()
             return
@@ -316,6 +332,16 @@ class PlantLink:
             # Empty: the documented way to clear a stuck retained command. No reply, no audit.
             self.counters["commands_empty"] += 1
             return
+        self.submit_command(parsed)
+
+    def submit_command(self, parsed: commands.Command | commands.Refusal,
+                       deliver: Callable[[dict], None] | None = None) -> None:
+        """The one path of every remote command, JSON or Sparkplug: duplicate ids and the rate
+        limit refused here, the rest to the scan loop, which decides; the same audit records.
+
+        deliver: where the reply goes (any thread: append only, never block, never raise);
+        None: the JSON `cmd/reply` topic.
+        """
         now = time.monotonic()
         if isinstance(parsed, commands.Command):
             if self._recent_ids.check(parsed.id, now):
@@ -329,20 +355,23 @@ class PlantLink:
                                           "per second from this 'by'; try again (stop and shutdown are "
                                           "never limited)")
         if isinstance(parsed, commands.Refusal):
-            self._refuse(parsed)
+            self._refuse(parsed, deliver)
             return
         cmd_id, action, by = parsed.id, parsed.action, parsed.by
         replies, clock = self._replies, self.clock
 
         def reply(accepted: bool, reason: str, state: str) -> None:
             # Runs on the SCAN THREAD: append only, never block, never raise.
-            if len(replies) < REPLY_QUEUE_MAX:
-                replies.append(payloads.reply(cmd_id, accepted, reason, state, ts=clock(), action=action))
+            body = payloads.reply(cmd_id, accepted, reason, state, ts=clock(), action=action)
+            if deliver is not None:
+                deliver(body)
+            elif len(replies) < REPLY_QUEUE_MAX:
+                replies.append(body)
 
         # The loop records by and id in the core's command event ("stage": "core"): the journal,
         # the event log and MQTT carry the same record under the same seq.
         if not self.loop.submit(action, "remote", reply, by=by, id=cmd_id):
-            self._refuse(commands.Refusal(cmd_id, action, by, "command queue full; try again"))
+            self._refuse(commands.Refusal(cmd_id, action, by, "command queue full; try again"), deliver)
             return
         self._recent_ids.remember(cmd_id, now)
         self.counters["commands_submitted"] += 1
@@ -371,13 +400,15 @@ class PlantLink:
         else:   # a loop without an event stream (tests' FakeLoop): straight to the outbox
             self.offer_event(record)
 
-    def _refuse(self, r: commands.Refusal) -> None:
+    def _refuse(self, r: commands.Refusal, deliver: Callable[[dict], None] | None = None) -> None:
         self.counters["commands_refused"] += 1
         state = self._status_last["state"] if self._status_last else None
         # A client that keeps being refused gets a burst of replies, then its command rate: every
         # operator receives every reply, and one client's flood must not bury theirs.
         if not self._limits.notify(r.by or "", time.monotonic()):
             self.counters["replies_suppressed"] += 1
+        elif deliver is not None:
+            deliver(payloads.reply(r.id, False, r.reason, state, ts=self.clock(), action=r.action))
         # Refusals may fill only half the reply queue: the other half stays free for the core's
         # answers, so a flood of refused commands cannot crowd out another operator's reply.
         elif len(self._replies) < REPLY_QUEUE_MAX // 2:

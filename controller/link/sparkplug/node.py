@@ -1,0 +1,562 @@
+"""SparkplugNode: the cell as a Sparkplug B 3.0 edge node, beside the JSON link.
+
+A paho client of its own, because one MQTT client has one last will: the JSON link's says
+`availability offline`, ours is the NDEATH, and each must reach the broker in the CONNECT of
+the session it belongs to. Both clients use the [mqtt] broker, credentials and TLS settings.
+
+Threads, as in the JSON link (controller/link/mqtt.py):
+- paho's network thread runs our callbacks: they record what happened and wake the worker;
+  on_pre_connect picks the bdSeq of the CONNECT about to go out and registers its NDEATH.
+- the pump thread calls offer_event(): one flag, so a state change, trip or alarm is sampled
+  at once rather than at the next sample period.
+- the scan thread may call a command's reply: one append.
+- our worker thread ("crushcell-spb"): births, data by exception, commands, the held store.
+
+Safety never depends on any of it: the node reads snapshots and submits commands to the same
+queue, with the same refusals, as the JSON link.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from cellspec.names import COMMANDS
+from controller.link import client as mq
+from controller.link import commands, payloads
+from controller.link.outbox import Outbox, OutboxError
+from controller.link.pacing import Backoff, LogThrottle
+from controller.link.sparkplug import schema
+from controller.link.sparkplug.bdseq import BdSeqStore
+from controller.link.sparkplug.metrics import (
+    BDSEQ,
+    LAST_ACCEPTED,
+    LAST_REASON,
+    LAST_REPLY,
+    REBIRTH,
+    Catalogue,
+    command_metric,
+)
+
+log = logging.getLogger("crushcell.sparkplug")
+
+NAMESPACE = "spBv1.0"
+TICK_S = 0.05            # the worker's longest sleep
+DRAIN_WINDOW = 8         # held NDATA messages handed to paho and not yet written to the socket
+DRAIN_ROWS = 50          # held records (one sample's changes each) per historical NDATA message
+LOG_EVERY_S = 60.0
+STATE_EVENTS = ("state", "trip", "alarm", "outputs", "end")
+
+
+def WITH_WILL() -> ReasonCode:  # noqa: N802 - reads as the reason code it is
+    """MQTT 5 DISCONNECT reason 0x04: the broker publishes our will (the NDEATH) as we go."""
+    return ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
+
+
+def topic(group: str, verb: str, node: str) -> str:
+    return f"{NAMESPACE}/{group}/{verb}/{node}"
+
+
+def now_ms(clock: Callable[[], float]) -> int:
+    return int(round(clock() * 1000))
+
+
+class SparkplugNode:
+    """Public API (PlantLink uses it): start(), offer_event(event), close(), stats()."""
+
+    def __init__(self, config: Any, link: Any, state_dir: str, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.link = link
+        self.loop = link.loop
+        self.sp = sp = config.sparkplug
+        self.s = link.s
+        self.clock = clock
+        self.host, self.port = link.host, link.port
+        self.group, self.node_id = sp.group_id, sp.edge_node_id
+        self.t_nbirth = topic(self.group, "NBIRTH", self.node_id)
+        self.t_ndeath = topic(self.group, "NDEATH", self.node_id)
+        self.t_ndata = topic(self.group, "NDATA", self.node_id)
+        self.t_ncmd = topic(self.group, "NCMD", self.node_id)
+        self.t_state = f"{NAMESPACE}/STATE/{sp.primary_host_id}" if sp.primary_host_id else None
+        self.client_id = sp.client_id or f"crushcell-{config.cell_id}-spb"
+        self.catalogue = Catalogue(config, commands=sp.commands)
+        self.bdseq = BdSeqStore(os.path.join(state_dir, f"sparkplug-{config.cell_id}.json"))
+        self.counters: collections.Counter = collections.Counter()
+        self._log = LogThrottle(LOG_EVERY_S)
+        self._backoff = Backoff(self.s.reconnect_min_s, self.s.reconnect_max_s)
+        # Store and forward (with a primary host only): samples taken while no host listens wait
+        # here, on disk, and go out in order, flagged historical, after the next NBIRTH.
+        self.store: Outbox | None = None
+        if self.t_state is not None:
+            self.store = Outbox(os.path.join(state_dir, f"sparkplug-{config.cell_id}.sqlite3"),
+                                sp.store_max_messages, "normal")
+
+        # Set by paho's thread, read by the worker.
+        self._connected = False
+        self._session_bd: int | None = None      # the bdSeq of the current session's CONNECT
+        self._host_online: bool | None = None    # None: no STATE seen yet
+        self._host_ts: int | None = None         # timestamp of the last STATE we honoured
+        self._host_dropped = False               # a valid offline STATE: end the session
+        self._ncmd: collections.deque[bytes] = collections.deque(maxlen=256)
+        self._written: collections.deque[tuple[Any, int]] = collections.deque()   # (client, mid)
+        self._replies: collections.deque[dict] = collections.deque(maxlen=64)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._sample_now = True
+
+        # Worker-only state.
+        self._born = False
+        self._birth_ts = 0                       # ms: rows older than this are historical
+        self._seq = 0
+        self._last: dict[str, Any] = {}          # the values last reported (or stored)
+        self._extra: dict[str, Any] = {LAST_REPLY: "", LAST_ACCEPTED: False, LAST_REASON: ""}
+        self._last_snap: Any = None
+        self._next_sample = 0.0
+        self._inflight: dict[int, list[int]] = {}   # mid -> held record seqs it carries
+        self._sent_after = 0                         # highest held seq handed to paho
+        self._worker: threading.Thread | None = None
+        self._net_started = False
+        self.client: Any = None
+        self.client = self._new_client()
+
+    # -- public -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._worker = threading.Thread(target=self._run, name="crushcell-spb", daemon=True)
+        self._worker.start()
+        mq.start(self.client, self.host, self.port, self.s.keepalive_s)
+        self._net_started = True
+        held = f", {self.store.pending} held record(s) waiting" if self.store is not None else ""
+        log.info("sparkplug: edge node %s/%s on %s:%d%s%s", self.group, self.node_id, self.host, self.port,
+                 f", primary host {self.sp.primary_host_id!r}" if self.t_state else "", held)
+
+    def offer_event(self, event: dict) -> None:
+        """Pump thread: a state change, trip or alarm is sampled now, not at the next period."""
+        if event.get("type") in STATE_EVENTS:
+            self._sample_now = True
+            self._wake.set()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Clean stop: the broker publishes our NDEATH (MQTT 5 'Disconnect with will message')."""
+        self._stop.set()
+        self._wake.set()
+        if self._worker is not None:
+            self._worker.join(timeout)
+        try:
+            if self._connected:
+                self.client.disconnect(reasoncode=WITH_WILL())
+        except Exception:   # noqa: BLE001 - stopping must go on whatever paho says
+            pass
+        finally:
+            if self._net_started:
+                self.client.loop_stop()
+            if self.store is not None:
+                self.store.close()
+
+    def stats(self) -> dict:
+        return {"connected": self._connected, "born": self._born, "seq": self._seq,
+                "bdseq": self._session_bd, "host_online": self._host_online,
+                "held": self.store.pending if self.store is not None else 0, **self.counters}
+
+    # -- the paho client ----------------------------------------------------------------------------
+    def _new_client(self) -> Any:
+        password = mq.read_password(self.s)
+        client = mq.make_client(self.s, self.client_id, password=password)
+        del password
+        client.on_pre_connect = self._guard(self._on_pre_connect)
+        client.on_connect = self._guard(self._on_connect)
+        client.on_connect_fail = self._guard(self._on_connect_fail)
+        client.on_disconnect = self._guard(self._on_disconnect)
+        client.on_message = self._guard(self._on_message)
+        client.on_publish = self._guard(self._on_publish)
+        return client
+
+    def _guard(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """A callback never raises (paho's thread would die) and a replaced client is not heard."""
+        def guarded(client: Any, *args: Any) -> None:
+            if client is not self.client:
+                return
+            try:
+                callback(client, *args)
+            except Exception:
+                self.counters["callback_errors"] += 1
+                if self._log.hit() is not None:
+                    log.exception("sparkplug: error in a paho callback; the node carries on")
+        return guarded
+
+    def _on_pre_connect(self, client: Any, _userdata: Any) -> None:
+        """A CONNECT is about to go out: its bdSeq, persisted first, and its NDEATH as the will."""
+        bd = self.bdseq.for_connect()
+        client.will_set(self.t_ndeath, self._death_payload(bd), qos=1, retain=False)
+        self._session_bd = bd
+
+    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
+        self.bdseq.used()   # a CONNECT carried this number: the next CONNECT takes the next one
+        if mq.is_failure(reason_code):
+            self.counters["connect_refused"] += 1
+            if self._log.hit() is not None:
+                log.warning("sparkplug: broker %s:%d refused the connection: %s (retrying)",
+                            self.host, self.port, mq.connack_text(reason_code))
+            return
+        self._backoff.reset()
+        self.counters["connects"] += 1
+        # NCMD at QoS 1 (Sparkplug 3.0) before the birth: a host's rebirth request must reach us.
+        mq.subscribe(client, self.t_ncmd, qos=1)
+        if self.t_state is not None:
+            mq.subscribe(client, self.t_state, qos=1)
+        self._connected = True
+        self._wake.set()
+        log.info("sparkplug: connected to %s:%d (bdSeq %d)", self.host, self.port, self._session_bd)
+
+    def _on_connect_fail(self, client: Any, _userdata: Any) -> None:
+        self.counters["connect_failed"] += 1
+        mq.set_next_delay(client, self._backoff.next())
+
+    def _on_disconnect(self, client: Any, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
+        self.bdseq.used()
+        if self._connected and not self._stop.is_set():
+            log.warning("sparkplug: disconnected from %s:%d (%s)", self.host, self.port,
+                        mq.connack_text(reason_code))
+        self._connected = False
+        self.counters["disconnects"] += 1
+        mq.set_next_delay(client, self._backoff.next())
+        self._wake.set()
+
+    def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
+        if msg.topic == self.t_ncmd:
+            self._ncmd.append(bytes(msg.payload))
+            self._wake.set()
+        elif msg.topic == self.t_state:
+            self._state_message(bytes(msg.payload))
+
+    def _on_publish(self, client: Any, _userdata: Any, mid: int, _reason_code: Any, _props: Any) -> None:
+        self._written.append((client, mid))
+        self._wake.set()
+
+    def _state_message(self, payload: bytes) -> None:
+        """The primary host's STATE (Sparkplug 3.0: JSON {"online": bool, "timestamp": ms}).
+
+        A STATE older than the last one honoured is ignored (a host's late will must not end
+        the session its newer birth began); the first one is honoured as it is.
+        """
+        try:
+            body = json.loads(payload.decode("utf-8"))
+            online, ts = body["online"], body["timestamp"]
+            if not isinstance(online, bool) or not isinstance(ts, int) or isinstance(ts, bool):
+                raise ValueError("online must be a boolean and timestamp an integer")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            self.counters["state_invalid"] += 1
+            if self._log.hit() is not None:
+                log.warning("sparkplug: ignored a STATE message from %r that is not Sparkplug 3.0 "
+                            "(%s): %.80r", self.sp.primary_host_id, exc, payload)
+            return
+        if self._host_ts is not None and ts < self._host_ts:
+            self.counters["state_stale"] += 1
+            return
+        self._host_ts = ts
+        was = self._host_online
+        self._host_online = online
+        if not online and self._connected:
+            self._host_dropped = True
+        if was != online:
+            log.warning("sparkplug: primary host %r is %s", self.sp.primary_host_id,
+                        "online" if online else "offline; data is held until it returns")
+        self._wake.set()
+
+    # -- payloads -------------------------------------------------------------------------------------
+    def _death_payload(self, bd: int) -> bytes:
+        """NDEATH: one metric, bdSeq (Int64), and no seq (Sparkplug 3.0)."""
+        p = schema.Payload()
+        p.timestamp = now_ms(self.clock)
+        m = p.metrics.add()
+        m.name = BDSEQ
+        m.datatype = schema.INT64
+        m.timestamp = p.timestamp
+        schema.set_value(m, schema.INT64, bd)
+        return p.SerializeToString()
+
+    def _birth_payload(self, values: dict[str, Any], ts: int) -> bytes:
+        cat = self.catalogue
+        p = schema.Payload()
+        p.timestamp = ts
+        p.seq = 0
+        for d, value in ((cat.bdseq, self._session_bd or 0), (cat.rebirth, False)):
+            m = p.metrics.add()
+            m.name = d.name
+            if d.alias is not None:
+                m.alias = d.alias
+            m.datatype = d.datatype
+            m.timestamp = ts
+            schema.set_value(m, d.datatype, value)
+        for d in cat.defs:
+            m = p.metrics.add()
+            m.name = d.name
+            m.alias = d.alias
+            m.datatype = d.datatype
+            m.timestamp = ts
+            schema.set_value(m, d.datatype, values.get(d.name))
+            if d.unit:
+                m.properties.keys.append("engUnit")
+                prop = m.properties.values.add()
+                prop.type = schema.STRING
+                prop.string_value = d.unit
+        return p.SerializeToString()
+
+    def _data_payload(self, records: list[tuple[int, list[tuple[str, Any]]]], historical: bool) -> bytes:
+        """NDATA: aliases only (no names, no datatypes), each metric with its own timestamp."""
+        by_name = self.catalogue.by_name
+        p = schema.Payload()
+        p.timestamp = now_ms(self.clock)
+        self._seq = (self._seq + 1) % 256
+        p.seq = self._seq
+        for ts, changes in records:
+            for name, value in changes:
+                d = by_name.get(name)
+                if d is None:   # a held record from another config: that metric is gone
+                    self.counters["held_unknown_metric"] += 1
+                    continue
+                m = p.metrics.add()
+                m.alias = d.alias
+                m.timestamp = ts
+                if historical:
+                    m.is_historical = True
+                schema.set_value(m, d.datatype, value)
+        return p.SerializeToString()
+
+    # -- worker ---------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(TICK_S)
+            self._wake.clear()
+            try:
+                self._step()
+            except Exception:
+                self.counters["worker_errors"] += 1
+                if self._log.hit() is not None:
+                    log.exception("sparkplug: worker pass failed; the controller runs on, the node retries")
+                self._stop.wait(1.0)
+
+    def _step(self) -> None:
+        self._take_written()
+        if self._host_dropped:
+            self._host_dropped = False
+            self._start_over("the primary host went offline")
+            return
+        if not self._connected and self._born:
+            self._born = False   # the broker has published our NDEATH; the next session births again
+        host_ok = self.t_state is None or self._host_online is True
+        if self._connected and not self._born and host_ok:
+            if not self._birth():
+                return
+        self._commands()
+        self._replies_to_metrics()
+        self._sample()
+        if self._born:
+            self._drain()
+
+    def _start_over(self, why: str) -> None:
+        """Sparkplug 3.0: on the primary host's offline STATE, NDEATH and disconnect, then connect
+        anew (a new bdSeq) and wait for the host before the next NBIRTH."""
+        log.warning("sparkplug: %s: NDEATH, disconnect and reconnect (held data waits)", why)
+        self.counters["sessions_ended"] += 1
+        old = self.client
+        self._connected = False
+        self._born = False
+        self._inflight.clear()
+        self._sent_after = 0
+        self.client = self._new_client()   # from here the old client's callbacks are not heard
+        try:
+            old.disconnect(reasoncode=WITH_WILL())
+        except Exception:   # noqa: BLE001 - a broken client must not stop its replacement
+            pass
+        self.bdseq.used()
+        mq.start(self.client, self.host, self.port, self.s.keepalive_s)
+
+    def _take_written(self) -> None:
+        """Held records whose NDATA paho has written to the socket leave the store."""
+        done: list[int] = []
+        while self._written:
+            client, mid = self._written.popleft()
+            seqs = self._inflight.pop(mid, None) if client is self.client else None
+            if seqs:
+                done.extend(seqs)
+        if done and self.store is not None:
+            try:
+                self.store.delete(done)
+            except (OutboxError, OSError, Exception) as exc:   # noqa: BLE001 - sent twice at worst
+                self.counters["store_errors"] += 1
+                if self._log.hit() is not None:
+                    log.warning("sparkplug: could not delete sent records from the held store: %s", exc)
+
+    def _birth(self) -> bool:
+        snap = self.loop.latest
+        self.loop.request_snapshot()
+        if snap is None:
+            return False
+        ts = now_ms(self.clock)
+        values = self.catalogue.sample(snap, self.link._health(), self._extra)
+        payload = self._birth_payload(values, ts)
+        self.client.publish(self.t_nbirth, payload, qos=0, retain=False)
+        self._seq = 0
+        self._born = True
+        self._birth_ts = ts
+        self._last = values
+        self._last_snap = snap
+        self._inflight.clear()
+        self._sent_after = 0
+        self.counters["births"] += 1
+        self.counters["bytes"] += len(payload)
+        log.info("sparkplug: NBIRTH %s (bdSeq %s, %d metrics)", self.t_nbirth, self._session_bd,
+                 len(self.catalogue.defs) + 2)
+        return True
+
+    def _commands(self) -> None:
+        while self._ncmd:
+            self._ncmd_message(self._ncmd.popleft())
+
+    def _ncmd_message(self, raw: bytes) -> None:
+        try:
+            payload = schema.Payload.FromString(raw)
+        except Exception as exc:   # noqa: BLE001 - protobuf's DecodeError and friends
+            self.counters["ncmd_invalid"] += 1
+            if self._log.hit() is not None:
+                log.warning("sparkplug: ignored an NCMD that is not a Sparkplug B payload (%s)", exc)
+            return
+        cat = self.catalogue
+        for m in payload.metrics:
+            d = cat.by_alias.get(m.alias) if m.HasField("alias") else None
+            name = d.name if d is not None else (m.name if m.HasField("name") else None)
+            value = schema.get_value(m)
+            if name == REBIRTH:
+                if value is True:
+                    self.counters["rebirths"] += 1
+                    log.info("sparkplug: rebirth requested by NCMD")
+                    # Sparkplug 3.0: stop data at once and send the birth again, same bdSeq.
+                    if self._connected:
+                        self._birth()
+                continue
+            action = self._command_action(name)
+            if action is None:
+                self.counters["ncmd_unknown"] += 1
+                self._refused(None, f"NCMD metric {name or m.alias!r} is not writable on this node "
+                                    "(writable: Node Control/Rebirth"
+                                    + (", Commands/<action>" if cat.commands else "") + ")")
+                continue
+            if value is not True:
+                self._refused(action, f"NCMD {command_metric(action)} must be written true to act")
+                continue
+            by = f"sparkplug:{self.sp.primary_host_id or 'host'}"
+            cmd_id = f"spb-{uuid.uuid4().hex}"
+            if not cat.commands:
+                self.link.submit_command(commands.Refusal(
+                    cmd_id, action, by, "commands over Sparkplug are off on this controller ([sparkplug] "
+                                        "commands = false); only Node Control/Rebirth is accepted"),
+                    self._deliver)
+                continue
+            self.link.submit_command(commands.Command(cmd_id, action, by), self._deliver)
+
+    @staticmethod
+    def _command_action(name: str | None) -> str | None:
+        if name and name.startswith("Commands/"):
+            action = name[len("Commands/"):]
+            if action in COMMANDS:
+                return action
+        return None
+
+    def _refused(self, action: str | None, reason: str) -> None:
+        state = self._last.get("State")
+        self._deliver(payloads.reply(None, False, reason, state, ts=self.clock(), action=action))
+
+    def _deliver(self, body: dict) -> None:
+        """A command's reply (any thread, the scan thread too): one append, one flag."""
+        self._replies.append(body)
+        self._sample_now = True
+
+    def _replies_to_metrics(self) -> None:
+        while self._replies:
+            body = self._replies.popleft()
+            self._extra = {LAST_REPLY: payloads.dumps(body), LAST_ACCEPTED: bool(body.get("accepted")),
+                           LAST_REASON: str(body.get("reason") or "")}
+            self._sample_now = True
+            if self._replies:
+                # Several replies in one pass: each is its own change, reported in order.
+                self._sample(force=True)
+
+    def _sample(self, force: bool = False) -> None:
+        mono = time.monotonic()
+        if not (force or self._sample_now or mono >= self._next_sample):
+            return
+        if mono >= self._next_sample:
+            self._next_sample = mono + self.sp.sample_period_s
+        snap = self.loop.latest
+        self.loop.request_snapshot()
+        if snap is None:
+            return
+        if snap is self._last_snap and not (force or self._sample_now):
+            return
+        self._sample_now = False
+        self._last_snap = snap
+        values = self.catalogue.sample(snap, self.link._health(), self._extra)
+        changes = self.catalogue.changes(values, self._last)
+        if not changes:
+            return
+        ts = now_ms(self.clock)
+        if self._born and (self.store is None or (self.store.pending == 0 and not self._inflight)):
+            payload = self._data_payload([(ts, changes)], historical=False)
+            self.client.publish(self.t_ndata, payload, qos=0, retain=False)
+            self.counters["ndata"] += 1
+            self.counters["bytes"] += len(payload)
+        elif self.store is not None:
+            # No host listens (or held records still go out first): keep the order on disk.
+            self._hold(ts, changes)
+        else:
+            return   # no session and no store: the next NBIRTH carries the current values
+        self._last.update(changes)
+
+    def _hold(self, ts: int, changes: list[tuple[str, Any]]) -> None:
+        body = json.dumps({"ts": ts, "m": changes}, separators=(",", ":"), allow_nan=False)
+        try:
+            dropped = self.store.append([(ts / 1000.0, body, None)])
+        except (OutboxError, OSError, Exception) as exc:   # noqa: BLE001 - the node must run on
+            self.counters["store_errors"] += 1
+            if self._log.hit() is not None:
+                log.warning("sparkplug: could not hold data while the host is away: %s", exc)
+            return
+        self.counters["held"] += 1
+        if dropped:
+            self.counters["held_dropped"] += dropped
+            if self._log.hit() is not None:
+                log.warning("sparkplug: held store full (%d records): dropped the %d oldest",
+                            self.store.max_events, dropped)
+
+    def _drain(self) -> None:
+        """Held records, oldest first, as NDATA: historical when older than this session's birth."""
+        store = self.store
+        if store is None or not store.pending:
+            return
+        while len(self._inflight) < DRAIN_WINDOW and self._connected and self._born:
+            rows = store.read_after(self._sent_after, DRAIN_ROWS)
+            if not rows:
+                return
+            historical = [r for r in rows if r[1] * 1000.0 < self._birth_ts]
+            batch = historical or rows
+            records = []
+            for _seq, _ts, body in batch:
+                rec = json.loads(body)
+                records.append((int(rec["ts"]), [tuple(c) for c in rec["m"]]))
+            payload = self._data_payload(records, historical=bool(historical))
+            info = self.client.publish(self.t_ndata, payload, qos=0, retain=False)
+            self._inflight[info.mid] = [r[0] for r in batch]
+            self._sent_after = batch[-1][0]
+            self.counters["ndata"] += 1
+            self.counters["ndata_historical" if historical else "ndata_delayed"] += 1
+            self.counters["bytes"] += len(payload)

@@ -1,0 +1,62 @@
+"""The `[sparkplug]` table: the cell as a Sparkplug B edge node (off by default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cellspec.configtools import Section
+
+# Characters Sparkplug 3.0 reserves in Group, Edge Node and Host IDs (they are MQTT topic levels).
+RESERVED = "+/#"
+
+
+@dataclass(frozen=True)
+class SparkplugSettings:
+    enabled: bool = False
+    group_id: str = "crushcell"
+    edge_node_id: str = ""             # "" until read: the cell id
+    primary_host_id: str = ""          # "": no primary host, publish as soon as connected
+    sample_period_s: float = 0.5       # how often values are compared against their deadbands
+    commands: bool = False             # operator commands over NCMD (Rebirth always works)
+    client_id: str = ""                # "": crushcell-<cell id>-spb
+    store_max_messages: int = 100_000  # held NDATA records while the primary host is away
+    deadbands: dict[str, float] = field(default_factory=dict)   # sensor -> report-by-exception band
+
+
+def _check_id(section: Section, key: str, value: str) -> None:
+    bad = sorted({c for c in value if c in RESERVED})
+    if bad:
+        section.key_error(key, f"must not contain {' or '.join(repr(c) for c in bad)} "
+                               "(Sparkplug reserves them: the ID is an MQTT topic level)")
+
+
+def read_sparkplug(section: Section, cell_id: str, sensors: tuple[str, ...] | list[str],
+                   mqtt_enabled: bool) -> SparkplugSettings:
+    enabled = section.boolean("enabled", False)
+    group_id = section.string("group_id", "crushcell", nonempty=True)
+    edge_node_id = section.string("edge_node_id", cell_id, nonempty=True)
+    primary_host_id = section.string("primary_host_id", "")
+    sample_period_s = section.number("sample_period_s", 0.5, minval=0.05, maxval=60.0)
+    commands = section.boolean("commands", False)
+    client_id = section.string("client_id", "")
+    store_max = section.integer("store_max_messages", 100_000, minval=100, maxval=10_000_000)
+    bands = section.table("deadbands", {})
+    deadbands = {}
+    for name in list(bands.data):
+        if name not in sensors:
+            bands.key_error(name, f"is not a sensor (sensors: {', '.join(sensors)})")
+            bands.used.add(name)
+            continue
+        deadbands[name] = bands.number(name, minval=0.0)
+    bands.check_unknown()
+    for key, value in (("group_id", group_id), ("edge_node_id", edge_node_id),
+                       ("primary_host_id", primary_host_id)):
+        _check_id(section, key, value)
+    if enabled and not mqtt_enabled:
+        section.key_error("enabled", "needs [mqtt] enabled = true: the edge node uses the [mqtt] broker, "
+                                     "credentials and TLS settings")
+    section.check_unknown()
+    return SparkplugSettings(enabled=enabled, group_id=group_id, edge_node_id=edge_node_id,
+                             primary_host_id=primary_host_id, sample_period_s=sample_period_s,
+                             commands=commands, client_id=client_id, store_max_messages=store_max,
+                             deadbands=deadbands)
