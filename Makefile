@@ -10,7 +10,7 @@ SPB_PY    := $(SPB_VENV)/bin/python
 SPB_STAMP := $(SPB_VENV)/.installed-stamp
 SPEED  ?= 10
 
-.PHONY: run test lint bench mutation docs clean mosquitto deploy-lint check-arm64
+.PHONY: run test lint bench mutation docs clean mosquitto protoc deploy-lint check-arm64
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,11 +44,14 @@ run: $(STAMP)
 # cores, and a file's module fixtures and test order stay as written. TEST_JOBS=0: one process.
 # HYPOTHESIS_PROFILE=thorough: ten times the property-test examples and the soak's whole week.
 TEST_JOBS ?= 2
-test: $(STAMP) $(SPB_STAMP) mosquitto
+test: $(STAMP) $(SPB_STAMP) mosquitto protoc
 	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 mosquitto:
 	@tools/ensure-mosquitto.sh
+
+protoc:
+	@tools/ensure-protoc.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -87,7 +87,7 @@ class PlantConfig:
     frozen_s: float = 60.0                 # [voting.o2] frozen_s
     log_level: str = "info"                # [logging] level: what `run` logs (-v / -q override it)
     hmi: HmiSettings = field(default_factory=HmiSettings)   # [hmi]: `crushcell hmi` (docs/hmi.md)
-    sparkplug: SparkplugSettings = field(default_factory=SparkplugSettings)   # [sparkplug] (docs/sparkplug.md)
+    sparkplug: SparkplugSettings = field(default_factory=SparkplugSettings)  # docs/sparkplug.md
 
     def safe_outputs(self) -> dict[str, bool]:
         return {name: self.outputs[name].safe for name in OUTPUTS}
@@ -236,7 +236,7 @@ def parse(data: dict[str, Any], name: str = "<config>", sha256: str = "") -> Pla
     log_level = logging_s.string("level", DEFAULT_LEVEL, choices=LEVEL_NAMES)
     logging_s.check_unknown()
     hmi = read_hmi(root.table("hmi", {}))
-    sparkplug = read_sparkplug(root.table("sparkplug", {}), cell_id, SENSORS, mqtt.enabled)
+    sparkplug = read_sparkplug(root.table("sparkplug", {}), cell_id, SENSORS, mqtt.enabled, mqtt.client_id)
     env.report()
 
     pins.append(("watchdog.heartbeat_pin", heartbeat_pin))

@@ -113,6 +113,7 @@ class SparkplugNode:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._sample_now = True
+        self._stale_snap: Any = None             # the snapshot that was current when an event came
 
         # Worker-only state.
         self._born = False
@@ -142,6 +143,9 @@ class SparkplugNode:
     def offer_event(self, event: dict) -> None:
         """Pump thread: a state change, trip or alarm is sampled now, not at the next period."""
         if event.get("type") in STATE_EVENTS:
+            # The snapshot at hand predates the event: sample the next one, not this one.
+            self._stale_snap = self.loop.latest
+            self.loop.request_snapshot()
             self._sample_now = True
             self._wake.set()
 
@@ -212,6 +216,9 @@ class SparkplugNode:
         # NCMD at QoS 1 (Sparkplug 3.0) before the birth: a host's rebirth request must reach us.
         mq.subscribe(client, self.t_ncmd, qos=1)
         if self.t_state is not None:
+            # A new session waits for the host's STATE again (the retained one comes at once):
+            # what we knew before the connection dropped may be stale by now.
+            self._host_online = None
             mq.subscribe(client, self.t_state, qos=1)
         self._connected = True
         self._wake.set()
@@ -265,7 +272,9 @@ class SparkplugNode:
         self._host_ts = ts
         was = self._host_online
         self._host_online = online
-        if not online and self._connected:
+        # Only a session (born, after the host said online) is ended: a retained offline STATE
+        # seen again after the reconnect must not end the next connection too (a reconnect storm).
+        if not online and self._connected and self._born:
             self._host_dropped = True
         if was != online:
             log.warning("sparkplug: primary host %r is %s", self.sp.primary_host_id,
@@ -441,7 +450,8 @@ class SparkplugNode:
                     self.counters["rebirths"] += 1
                     log.info("sparkplug: rebirth requested by NCMD")
                     # Sparkplug 3.0: stop data at once and send the birth again, same bdSeq.
-                    if self._connected:
+                    # Not born yet (waiting for the primary host): the birth comes when it may.
+                    if self._connected and self._born:
                         self._birth()
                 continue
             action = self._command_action(name)
@@ -503,6 +513,8 @@ class SparkplugNode:
             return
         if snap is self._last_snap and not (force or self._sample_now):
             return
+        if snap is self._stale_snap and not force:
+            return   # an event is newer than this snapshot: keep _sample_now, take the next one
         self._sample_now = False
         self._last_snap = snap
         values = self.catalogue.sample(snap, self.link._health(), self._extra)
@@ -531,7 +543,7 @@ class SparkplugNode:
             if self._log.hit() is not None:
                 log.warning("sparkplug: could not hold data while the host is away: %s", exc)
             return
-        self.counters["held"] += 1
+        self.counters["held_total"] += 1
         if dropped:
             self.counters["held_dropped"] += dropped
             if self._log.hit() is not None:
@@ -547,7 +559,12 @@ class SparkplugNode:
             rows = store.read_after(self._sent_after, DRAIN_ROWS)
             if not rows:
                 return
-            historical = [r for r in rows if r[1] * 1000.0 < self._birth_ts]
+            # Records older than this session's NBIRTH are history; the rest (sampled while the
+            # history went out) are current data that waited its turn. Never reordered.
+            n_old = 0
+            while n_old < len(rows) and rows[n_old][1] * 1000.0 < self._birth_ts:
+                n_old += 1
+            historical = rows[:n_old]
             batch = historical or rows
             records = []
             for _seq, _ts, body in batch:

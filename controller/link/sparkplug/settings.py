@@ -28,10 +28,15 @@ def _check_id(section: Section, key: str, value: str) -> None:
     if bad:
         section.key_error(key, f"must not contain {' or '.join(repr(c) for c in bad)} "
                                "(Sparkplug reserves them: the ID is an MQTT topic level)")
+    # MQTT forbids U+0000 in topic names and advises against the other control characters.
+    controls = sorted({c for c in value if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F})
+    if controls:
+        codes = ", ".join(f"U+{ord(c):04X}" for c in controls)
+        section.key_error(key, f"must not contain control characters ({codes}): it is an MQTT topic level")
 
 
 def read_sparkplug(section: Section, cell_id: str, sensors: tuple[str, ...] | list[str],
-                   mqtt_enabled: bool) -> SparkplugSettings:
+                   mqtt_enabled: bool, mqtt_client_id: str = "") -> SparkplugSettings:
     enabled = section.boolean("enabled", False)
     group_id = section.string("group_id", "crushcell", nonempty=True)
     edge_node_id = section.string("edge_node_id", cell_id, nonempty=True)
@@ -52,6 +57,11 @@ def read_sparkplug(section: Section, cell_id: str, sensors: tuple[str, ...] | li
     for key, value in (("group_id", group_id), ("edge_node_id", edge_node_id),
                        ("primary_host_id", primary_host_id)):
         _check_id(section, key, value)
+    json_id = mqtt_client_id or f"crushcell-{cell_id}"
+    if (client_id or f"crushcell-{cell_id}-spb") == json_id:
+        # Hazard: two clients with one id throw each other off the broker, over and over.
+        section.key_error("client_id", f"must differ from the JSON link's client id ({json_id!r}): "
+                                       "the broker would disconnect one client whenever the other connects")
     if enabled and not mqtt_enabled:
         section.key_error("enabled", "needs [mqtt] enabled = true: the edge node uses the [mqtt] broker, "
                                      "credentials and TLS settings")
