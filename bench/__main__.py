@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 SUITES = ("bench.bench_core", "bench.bench_loop", "bench.bench_hardware", "bench.bench_mqtt",
-          "bench.bench_fleet", "bench.bench_memory", "bench.bench_hmi")
+          "bench.bench_fleet", "bench.bench_memory", "bench.bench_hmi", "bench.bench_sparkplug")
 
 # Targets of suites that report plain figures: (suite, path to the figure, bound, target).
 # bench_mqtt and bench_fleet report {"value", "target", "verdict"} themselves; bench_core says

@@ -45,3 +45,22 @@ def test_every_message_uses_the_spec_topic_form_and_ncmd_is_heard_on_its_own(bro
     assert all(b["seq"] == 0 and "seq" in b["raw"] for b in births)
     # The JSON face is there as ever, beside it.
     assert any(t == "crushcell/cell1/status" for t, _p, _r in sub.snapshot())
+
+
+def test_a_state_timestamp_written_as_a_json_float_is_honoured(broker, subscriber_factory, tmp_path):
+    """tck-id-message-flow-edge-node-birth-publish-phid-wait-online: the STATE payload's timestamp
+    is "a numeric value"; a host that writes it as a JSON float (1.7e12) is a host like any other."""
+    import json
+    import time
+
+    sub = subscriber_factory(broker.port, "spBv1.0/#")
+    assert sub.connected.wait(10)
+    sub.publish("spBv1.0/STATE/scada", json.dumps({"online": True, "timestamp": time.time() * 1000.0}),
+                retain=True)
+    plant = Plant(spb_config(primary_host_id="scada"), tmp_path / "state",
+                  broker=f"127.0.0.1:{broker.port}").start()
+    try:
+        wait_for(lambda: any(t.endswith("/NBIRTH/cell1") for t, _p, _r in sub.snapshot()),
+                 what="the NBIRTH after a STATE with a float timestamp")
+    finally:
+        plant.stop()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -55,6 +56,8 @@ TICK_S = 0.05            # the worker's longest sleep
 DRAIN_WINDOW = 8         # held NDATA messages handed to paho and not yet written to the socket
 DRAIN_ROWS = 50          # held records (one sample's changes each) per historical NDATA message
 LOG_EVERY_S = 60.0
+SUPERVISE_EVERY_S = 1.0  # the worker looks at paho's network thread this often
+RESTART_MIN_S = 10.0     # at most one client replacement per this many seconds
 STATE_EVENTS = ("state", "trip", "alarm", "outputs", "end")
 
 
@@ -127,6 +130,8 @@ class SparkplugNode:
         self._sent_after = 0                         # highest held seq handed to paho
         self._worker: threading.Thread | None = None
         self._net_started = False
+        self._supervise_at = 0.0
+        self._restart_at = 0.0
         self.client: Any = None
         self.client = self._new_client()
 
@@ -258,8 +263,12 @@ class SparkplugNode:
         try:
             body = json.loads(payload.decode("utf-8"))
             online, ts = body["online"], body["timestamp"]
-            if not isinstance(online, bool) or not isinstance(ts, int) or isinstance(ts, bool):
-                raise ValueError("online must be a boolean and timestamp an integer")
+            # "a numeric value" (ms since the epoch): an integer from most hosts, a JSON float
+            # from some; never a boolean, NaN or infinite.
+            if not isinstance(online, bool) or not isinstance(ts, (int, float)) or isinstance(ts, bool) \
+                    or not math.isfinite(ts):
+                raise ValueError("online must be a boolean and timestamp a number")
+            ts = int(ts)
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             self.counters["state_invalid"] += 1
             if self._log.hit() is not None:
@@ -355,6 +364,7 @@ class SparkplugNode:
                 self._stop.wait(1.0)
 
     def _step(self) -> None:
+        self._supervise()
         self._take_written()
         if self._host_dropped:
             self._host_dropped = False
@@ -372,10 +382,24 @@ class SparkplugNode:
         if self._born:
             self._drain()
 
+    def _supervise(self) -> None:
+        """paho's network thread can die (an exception escaping paho) with the socket still open:
+        the node would look alive and never publish again. Replace the client, as the JSON link's
+        supervisor does (at most once per RESTART_MIN_S)."""
+        now = time.monotonic()
+        if now < self._supervise_at or not self._net_started or self._stop.is_set():
+            return
+        self._supervise_at = now + SUPERVISE_EVERY_S
+        if not mq.network_alive(self.client) and now >= self._restart_at:
+            self._restart_at = now + RESTART_MIN_S
+            self.counters["restarts"] += 1
+            self._start_over("paho's network thread has stopped")
+
     def _start_over(self, why: str) -> None:
         """Sparkplug 3.0: on the primary host's offline STATE, NDEATH and disconnect, then connect
         anew (a new bdSeq) and wait for the host before the next NBIRTH."""
-        log.warning("sparkplug: %s: NDEATH, disconnect and reconnect (held data waits)", why)
+        log.warning("sparkplug: %s: ending the session (the broker publishes the NDEATH) and "
+                    "connecting again; data waits in the held store when a primary host is set", why)
         self.counters["sessions_ended"] += 1
         old = self.client
         self._connected = False
