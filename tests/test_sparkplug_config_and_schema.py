@@ -144,6 +144,20 @@ def test_sparkplug_enabled_needs_the_mqtt_link(tmp_path):
     assert "[mqtt]" in errs[0], errs
 
 
+@pytest.mark.parametrize("table, says", [
+    ('password_file = "/x"\n', "go with username"),
+    ('username = "u"\npassword_file = "/x"\npassword_env = "P"\n', "not both"),
+    ('client_id = "crushcell-cell1"\n', "must differ from the JSON link's client id"),
+])
+def test_the_nodes_own_credentials_and_client_id_are_checked(tmp_path, table, says):
+    """A password without its user would be silently ignored; two clients with one id (or, on a
+    broker that binds ids to users, one user) throw each other off the broker."""
+    path = write_config(tmp_path, "[sparkplug]\nenabled = true\n" + table)
+    errs = errors_of(path)
+    assert len(errs) == 1, errs
+    assert errs[0].startswith(f"{path}: [sparkplug] ") and says in errs[0], errs
+
+
 # -- schema ------------------------------------------------------------------------------------------
 def test_descriptor_is_protoc_output_of_the_proto():
     """descriptor.py must be what protoc makes of sparkplug_b.proto today (tools/... --check)."""

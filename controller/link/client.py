@@ -42,7 +42,7 @@ def warn_once(key: str, message: str) -> None:
         log.warning("%s", message)
 
 
-def check_secret_file(settings: Any, key: str, path: str) -> None:
+def check_secret_file(settings: Any, key: str, path: str, section: str = "[mqtt]") -> None:
     """A credentials file readable by group or others: refused with require_tls, else warned once."""
     try:
         mode = os.stat(path).st_mode
@@ -50,7 +50,7 @@ def check_secret_file(settings: Any, key: str, path: str) -> None:
         return   # reading it reports the problem
     if not mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IWGRP | stat.S_IWOTH):
         return
-    problem = (f"[mqtt] {key} = {path!r} is readable or writable by group or others "
+    problem = (f"{section} {key} = {path!r} is readable or writable by group or others "
                f"(mode {stat.S_IMODE(mode):04o}); make it private: chmod 600 {path}")
     if settings.require_tls:
         # Hazard: require_tls promises a locked-down link; a password others can read breaks it.
@@ -87,20 +87,21 @@ def parse_broker(text: str, default_port: int) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def read_password(settings: Any, environ: Any = os.environ) -> str | None:
-    """The broker password from password_file or password_env; None when neither is set."""
+def read_password(settings: Any, environ: Any = os.environ, section: str = "[mqtt]") -> str | None:
+    """The broker password from password_file or password_env; None when neither is set.
+    section: the config table the settings came from, for the error message."""
     if settings.password_file:
-        check_secret_file(settings, "password_file", settings.password_file)
+        check_secret_file(settings, "password_file", settings.password_file, section)
         try:
             with open(settings.password_file, encoding="utf-8") as f:
                 return f.read().rstrip("\r\n")
         except OSError as exc:
-            raise LinkConfigError(f"[mqtt] password_file = {settings.password_file!r}: cannot read: "
+            raise LinkConfigError(f"{section} password_file = {settings.password_file!r}: cannot read: "
                                   f"{exc.strerror or exc}") from None
     if settings.password_env:
         value = environ.get(settings.password_env)
         if value is None:
-            raise LinkConfigError(f"[mqtt] password_env = {settings.password_env!r}: that environment "
+            raise LinkConfigError(f"{section} password_env = {settings.password_env!r}: that environment "
                                   "variable is not set")
         return value
     return None

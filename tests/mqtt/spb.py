@@ -320,3 +320,169 @@ def ncmd_payloads(*commands: list[dict]) -> list[bytes]:
 
 def ncmd_topic(group: str, node: str) -> str:
     return f"spBv1.0/{group}/NCMD/{node}"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Helpers of tests/mqtt/test_sparkplug_hostile.py (what a broken or hostile host or broker can send).
+# Appended as one block; the helpers above are unchanged. Protobuf is written and read by hand from the
+# field numbers of the spec's sparkplug_b.proto (never through the project's schema module), so a
+# payload can be anything a host could put on the wire, valid or not.
+# ------------------------------------------------------------------------------------------------------
+
+import re  # noqa: E402
+import struct  # noqa: E402
+
+# sparkplug_b.proto: Metric field numbers, and the DataType enum values the tests use.
+PB_NAME, PB_ALIAS, PB_TIMESTAMP, PB_DATATYPE = 1, 2, 3, 4
+PB_INT, PB_LONG, PB_DOUBLE, PB_BOOLEAN, PB_STRING, PB_TEMPLATE = 10, 11, 13, 14, 15, 18
+DT_INT32, DT_INT64, DT_DOUBLE, DT_BOOLEAN, DT_STRING = 3, 4, 10, 11, 12
+
+
+def pb_metric(*, name: str | bytes | None = None, alias: int | None = None, datatype: int | None = None,
+              boolean: bool | None = None, int_value: int | None = None, double: float | None = None,
+              string: str | bytes | None = None, extra: bytes = b"", ts_ms: int | None = None) -> bytes:
+    """One Metric message, only the fields given (a host may leave out anything, or send it wrong)."""
+    out = b""
+    if name is not None:
+        out += _field(PB_NAME, 2, name.encode() if isinstance(name, str) else name)
+    if alias is not None:
+        out += _field(PB_ALIAS, 0, alias)
+    out += _field(PB_TIMESTAMP, 0, int(time.time() * 1000) if ts_ms is None else ts_ms)
+    if datatype is not None:
+        out += _field(PB_DATATYPE, 0, datatype)
+    if boolean is not None:
+        out += _field(PB_BOOLEAN, 0, 1 if boolean else 0)
+    if int_value is not None:
+        out += _field(PB_INT, 0, int_value)
+    if double is not None:
+        out += _varint(PB_DOUBLE << 3 | 1) + struct.pack("<d", double)
+    if string is not None:
+        out += _field(PB_STRING, 2, string.encode() if isinstance(string, str) else string)
+    return out + extra
+
+
+def pb_ncmd(*metrics: bytes, ts_ms: int | None = None) -> bytes:
+    """An NCMD payload: timestamp (field 1) and the metrics (field 2), no seq."""
+    ts = int(time.time() * 1000) if ts_ms is None else ts_ms
+    return _field(1, 0, ts) + b"".join(_field(2, 2, m) for m in metrics)
+
+
+def pb_rebirth(**kwargs) -> bytes:
+    """A 'Node Control/Rebirth' metric; by default the proper one (Boolean, true)."""
+    values = {"name": "Node Control/Rebirth", "datatype": DT_BOOLEAN, "boolean": True}
+    values.update(kwargs)
+    return pb_metric(**values)
+
+
+def pb_nested_templates(depth: int, name: str = "Commands/start") -> bytes:
+    """A metric `name` whose value is a Template nesting `depth` Templates (Template.metrics = 2)."""
+    inner = pb_metric(name="x", datatype=DT_BOOLEAN, boolean=True)
+    for _ in range(depth):
+        inner = _field(PB_TEMPLATE, 2, _field(2, 2, inner))
+    return pb_metric(name=name, extra=_field(PB_TEMPLATE, 2, _field(2, 2, inner)))
+
+
+def pb_top_fields(payload: bytes) -> dict[int, list]:
+    """The top-level fields of a protobuf message, read by hand: {field number: [values]} (varints as
+    ints, length-delimited as bytes). Raises ValueError on a payload that is not protobuf."""
+    fields: dict[int, list] = {}
+    i, n = 0, len(payload)
+
+    def varint() -> int:
+        nonlocal i
+        shift = value = 0
+        while True:
+            if i >= n or shift > 63:
+                raise ValueError("truncated varint")
+            byte = payload[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    while i < n:
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value: object = varint()
+        elif wire == 1:
+            value, i = payload[i:i + 8], i + 8
+        elif wire == 2:
+            length = varint()
+            value, i = payload[i:i + length], i + length
+        elif wire == 5:
+            value, i = payload[i:i + 4], i + 4
+        else:
+            raise ValueError(f"wire type {wire}")
+        if i > n:
+            raise ValueError("truncated field")
+        fields.setdefault(number, []).append(value)
+    return fields
+
+
+def node_raw(sub, group: str = "plant", node: str = "cell1") -> list[tuple[str, bytes]]:
+    """(verb, payload) of every NBIRTH, NDATA and NDEATH of the node, in arrival order."""
+    out = []
+    for t, p, _r in sub.snapshot():
+        parts = t.split("/")
+        if len(parts) == 4 and parts[0] == "spBv1.0" and parts[1] == group and parts[3] == node \
+                and parts[2] in NODE_VERBS:
+            out.append((parts[2], p))
+    return out
+
+
+def seq_problems(raw: list[tuple[str, bytes]]) -> list[str]:
+    """What is wrong with the seq numbers of a node's messages, read by hand (not decoded): every
+    NBIRTH seq 0, every NDATA one more than the message before it in its session (255 -> 0), no NDATA
+    before the first NBIRTH, no seq in an NDEATH. An NDEATH does not end the run of seqs here (the
+    broker may publish an old session's will after the next session's NBIRTH); an NBIRTH restarts it."""
+    problems, last = [], None
+    for k, (verb, payload) in enumerate(raw):
+        seqs = pb_top_fields(payload).get(3, [])
+        if verb == "NDEATH":
+            if seqs:
+                problems.append(f"#{k} NDEATH carries seq {seqs}")
+            continue
+        if len(seqs) != 1:
+            problems.append(f"#{k} {verb} has {len(seqs)} seq fields")
+            continue
+        seq = seqs[0]
+        if verb == "NBIRTH":
+            if seq != 0:
+                problems.append(f"#{k} NBIRTH seq {seq}")
+        elif last is None:
+            problems.append(f"#{k} NDATA (seq {seq}) before any NBIRTH")
+        elif seq != (last + 1) % 256:
+            problems.append(f"#{k} NDATA seq {seq} after {last}")
+        last = seq
+    return problems
+
+
+def decode_from_last_birth(sub) -> list[dict]:
+    """The node's messages from its last NBIRTH on, through the independent decoder: what a host holds
+    now (host_values() of it) without decoding thousands of earlier births."""
+    raw = [(t, p) for t, p, _r in sub.snapshot()
+           if t.startswith("spBv1.0/") and t.split("/")[2] in NODE_VERBS]
+    births_at = [k for k, (t, _p) in enumerate(raw) if t.split("/")[2] == "NBIRTH"]
+    return decode(raw[births_at[-1]:]) if births_at else []
+
+
+def broker_connects(broker, client_id: str) -> int:
+    """CONNECTs from `client_id` the broker logged (needs a broker with `log_type notice`)."""
+    pattern = rf"New client connected from \S+ as {re.escape(client_id)} "
+    return len(re.findall(pattern, broker.log.read_text(errors="replace")))
+
+
+def hold_sensor(plant, sensor: str, value: float, tolerance: float = 2.0) -> None:
+    """Force a sensor while the node holds data (primary host away) and wait until the scan shows it and
+    the node has held two more samples (the first may come from an older snapshot). Pacing only."""
+    from cellspec.names import SENSORS
+
+    i = SENSORS.index(sensor)
+    plant.force(sensor, value)
+    wait_for(lambda: plant.loop.latest is not None and plant.loop.latest.values[i] is not None
+             and abs(plant.loop.latest.values[i] - value) < tolerance, what=f"{sensor} at {value}")
+    node = plant.link.sparkplug
+    start = node.stats()["held"]
+    wait_for(lambda: node.stats()["held"] >= start + 2, what=f"{sensor} {value} held")

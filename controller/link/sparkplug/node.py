@@ -19,6 +19,7 @@ queue, with the same refusals, as the JSON link.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import math
@@ -178,8 +179,13 @@ class SparkplugNode:
 
     # -- the paho client ----------------------------------------------------------------------------
     def _new_client(self) -> Any:
-        password = mq.read_password(self.s)
-        client = mq.make_client(self.s, self.client_id, password=password)
+        s, section = self.s, "[mqtt]"
+        if self.sp.username:   # the node's own broker user; TLS and the rest stay [mqtt]'s
+            s = dataclasses.replace(s, username=self.sp.username, password_file=self.sp.password_file,
+                                    password_env=self.sp.password_env)
+            section = "[sparkplug]"
+        password = mq.read_password(s, section=section)
+        client = mq.make_client(s, self.client_id, password=password)
         del password
         client.on_pre_connect = self._guard(self._on_pre_connect)
         client.on_connect = self._guard(self._on_connect)

@@ -21,6 +21,15 @@ class SparkplugSettings:
     client_id: str = ""                # "": crushcell-<cell id>-spb
     store_max_messages: int = 100_000  # held NDATA records while the primary host is away
     deadbands: dict[str, float] = field(default_factory=dict)   # sensor -> report-by-exception band
+    # The node's own broker user ("": the [mqtt] user). A broker that takes the username as the
+    # client id (our sample) needs one: two connections of one user throw each other off.
+    username: str = ""
+    password_file: str = ""
+    password_env: str = ""
+
+    def __repr__(self) -> str:  # keep secrets' sources out of logs
+        return (f"SparkplugSettings(enabled={self.enabled}, group_id={self.group_id!r}, "
+                f"edge_node_id={self.edge_node_id!r}, primary_host_id={self.primary_host_id!r})")
 
 
 def _check_id(section: Section, key: str, value: str) -> None:
@@ -45,6 +54,14 @@ def read_sparkplug(section: Section, cell_id: str, sensors: tuple[str, ...] | li
     commands = section.boolean("commands", False)
     client_id = section.string("client_id", "")
     store_max = section.integer("store_max_messages", 100_000, minval=100, maxval=10_000_000)
+    username = section.string("username", "")
+    password_file = section.string("password_file", "")
+    password_env = section.string("password_env", "")
+    if (password_file or password_env) and not username:
+        section.error("password_file and password_env go with username (without it the node uses "
+                      "the [mqtt] user and password)")
+    if password_file and password_env:
+        section.error("give password_file or password_env, not both")
     bands = section.table("deadbands", {})
     deadbands = {}
     for name in list(bands.data):
@@ -69,4 +86,5 @@ def read_sparkplug(section: Section, cell_id: str, sensors: tuple[str, ...] | li
     return SparkplugSettings(enabled=enabled, group_id=group_id, edge_node_id=edge_node_id,
                              primary_host_id=primary_host_id, sample_period_s=sample_period_s,
                              commands=commands, client_id=client_id, store_max_messages=store_max,
-                             deadbands=deadbands)
+                             deadbands=deadbands, username=username, password_file=password_file,
+                             password_env=password_env)
