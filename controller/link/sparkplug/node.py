@@ -59,12 +59,44 @@ DRAIN_ROWS = 50          # held records (one sample's changes each) per historic
 LOG_EVERY_S = 60.0
 SUPERVISE_EVERY_S = 1.0  # the worker looks at paho's network thread this often
 RESTART_MIN_S = 10.0     # at most one client replacement per this many seconds
+STOP_WAIT_S = 6.0        # a replaced client's network thread is waited for this long (paho's
+                         # connect timeout is 5 s) before its replacement connects
 STATE_EVENTS = ("state", "trip", "alarm", "outputs", "end")
+NCMD_MAX_BYTES = 65536   # a larger NCMD is refused unread (a rebirth request is about 40 bytes)
+NCMD_PER_PASS = 32       # NCMDs read per worker pass: a flood must not keep a trip from being sampled
+REFUSALS_PER_S = 5.0     # refusals the node itself tells the host (unreadable, unknown metric, ...):
+REFUSAL_BURST = 20       # this rate on average, bursts up to this; past it counted, not told
 
 
 def WITH_WILL() -> ReasonCode:  # noqa: N802 - reads as the reason code it is
     """MQTT 5 DISCONNECT reason 0x04: the broker publishes our will (the NDEATH) as we go."""
     return ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
+
+
+def _stop(client: Any, reasoncode: ReasonCode | None, wait_s: float = 0.0) -> None:
+    """Send a replaced client away for good: DISCONNECT (0x04: the broker publishes its NDEATH),
+    and its network thread told to end, joined by a thread of its own (it may be the very thing
+    that is stuck). wait_s: how long the caller waits for it to end (0 from paho's thread)."""
+    try:
+        client.disconnect(reasoncode=reasoncode)
+    except Exception:   # noqa: BLE001 - a broken client must not stop its replacement
+        pass
+    reaper = threading.Thread(target=_join_quietly, args=(client,), name="crushcell-spb-reaper", daemon=True)
+    reaper.start()
+    if wait_s > 0:
+        reaper.join(wait_s)
+
+
+def _join_quietly(client: Any) -> None:
+    try:
+        client.loop_stop()
+    except Exception:   # noqa: BLE001 - nothing to do about a client that will not stop
+        pass
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """A host's text in our replies and logs, cut: a 1 MB metric name must not come back whole."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def topic(group: str, verb: str, node: str) -> str:
@@ -110,8 +142,8 @@ class SparkplugNode:
         self._session_bd: int | None = None      # the bdSeq of the current session's CONNECT
         self._host_online: bool | None = None    # None: no STATE seen yet
         self._host_ts: int | None = None         # timestamp of the last STATE we honoured
-        self._host_dropped = False               # a valid offline STATE: end the session
-        self._ncmd: collections.deque[bytes] = collections.deque(maxlen=256)
+        self._host_dropped: Any = None           # the client whose session a valid offline STATE ends
+        self._ncmd: collections.deque[bytes | int] = collections.deque(maxlen=256)   # int: an oversize one
         self._written: collections.deque[tuple[Any, int]] = collections.deque()   # (client, mid)
         self._replies: collections.deque[dict] = collections.deque(maxlen=64)
         self._wake = threading.Event()
@@ -133,6 +165,7 @@ class SparkplugNode:
         self._net_started = False
         self._supervise_at = 0.0
         self._restart_at = 0.0
+        self._refusal_limit = commands.RateLimit(REFUSALS_PER_S, time.monotonic(), burst=REFUSAL_BURST)
         self.client: Any = None
         self.client = self._new_client()
 
@@ -196,9 +229,20 @@ class SparkplugNode:
         return client
 
     def _guard(self, callback: Callable[..., None]) -> Callable[..., None]:
-        """A callback never raises (paho's thread would die) and a replaced client is not heard."""
+        """A callback never raises (paho's thread would die) and a replaced client is not heard.
+
+        Hazard: a replaced client whose network thread was inside a reconnect when it was told to
+        go can still connect, with our client id: the broker then throws the new client off, the
+        new one throws the old one off, for ever (a storm of NDEATH/NBIRTH at every host). A
+        replaced client that connects is disconnected at once (plainly: its session's NDEATH was
+        published when it was replaced)."""
+        is_connect = callback == self._on_connect
+
         def guarded(client: Any, *args: Any) -> None:
             if client is not self.client:
+                if is_connect:
+                    self.counters["retired_client_connected"] += 1
+                    _stop(client, None)
                 return
             try:
                 callback(client, *args)
@@ -251,16 +295,20 @@ class SparkplugNode:
 
     def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
         if msg.topic == self.t_ncmd:
-            self._ncmd.append(bytes(msg.payload))
+            if len(msg.payload) > NCMD_MAX_BYTES:
+                # Not even queued: 256 of these must not hold 256 MB.
+                self._ncmd.append(len(msg.payload))
+            else:
+                self._ncmd.append(bytes(msg.payload))
             self._wake.set()
         elif msg.topic == self.t_state:
-            self._state_message(bytes(msg.payload))
+            self._state_message(bytes(msg.payload), _client)
 
     def _on_publish(self, client: Any, _userdata: Any, mid: int, _reason_code: Any, _props: Any) -> None:
         self._written.append((client, mid))
         self._wake.set()
 
-    def _state_message(self, payload: bytes) -> None:
+    def _state_message(self, payload: bytes, client: Any = None) -> None:
         """The primary host's STATE (Sparkplug 3.0: JSON {"online": bool, "timestamp": ms}).
 
         A STATE older than the last one honoured is ignored (a host's late will must not end
@@ -290,7 +338,7 @@ class SparkplugNode:
         # Only a session (born, after the host said online) is ended: a retained offline STATE
         # seen again after the reconnect must not end the next connection too (a reconnect storm).
         if not online and self._connected and self._born:
-            self._host_dropped = True
+            self._host_dropped = client
         if was != online:
             log.warning("sparkplug: primary host %r is %s", self.sp.primary_host_id,
                         "online" if online else "offline; data is held until it returns")
@@ -372,8 +420,11 @@ class SparkplugNode:
     def _step(self) -> None:
         self._supervise()
         self._take_written()
-        if self._host_dropped:
-            self._host_dropped = False
+        dropped, self._host_dropped = self._host_dropped, None
+        if dropped is not None and dropped is self.client:
+            # Only the session the offline STATE came in is ended: one that reached the old
+            # connection while the node was leaving it must not end the next session before its
+            # birth (that one waits for the host's retained STATE like any new session).
             self._start_over("the primary host went offline")
             return
         if not self._connected and self._born:
@@ -413,10 +464,10 @@ class SparkplugNode:
         self._inflight.clear()
         self._sent_after = 0
         self.client = self._new_client()   # from here the old client's callbacks are not heard
-        try:
-            old.disconnect(reasoncode=WITH_WILL())
-        except Exception:   # noqa: BLE001 - a broken client must not stop its replacement
-            pass
+        # The old network thread must be gone before the new client connects: caught inside a
+        # reconnect, it could connect again with our client id and take the new session over.
+        # Waiting here holds only this worker (never the scan), at most STOP_WAIT_S.
+        _stop(old, WITH_WILL(), STOP_WAIT_S)
         self.bdseq.used()
         mq.start(self.client, self.host, self.port, self.s.keepalive_s)
 
@@ -459,37 +510,58 @@ class SparkplugNode:
         return True
 
     def _commands(self) -> None:
-        while self._ncmd:
-            self._ncmd_message(self._ncmd.popleft())
+        """Every NCMD waiting, in order; then one birth however many rebirth requests they held
+        (one NCMD of 2,000 Rebirth metrics, or 2,000 NCMDs at once, must not be 2,000 NBIRTHs)."""
+        rebirth = False
+        for _ in range(NCMD_PER_PASS):
+            if not self._ncmd:
+                break
+            rebirth = self._ncmd_message(self._ncmd.popleft()) or rebirth
+        if self._ncmd:
+            self._wake.set()   # more next pass, after this one has sampled
+        if rebirth:
+            # Sparkplug 3.0: stop data at once (no NDATA goes out before this in the pass) and send
+            # the birth again, same bdSeq. Not born yet (waiting for the primary host): the birth
+            # comes when it may.
+            if self._connected and self._born:
+                log.info("sparkplug: rebirth requested by NCMD")
+                self._birth()
 
-    def _ncmd_message(self, raw: bytes) -> None:
+    def _ncmd_message(self, raw: bytes | int) -> bool:
+        """One NCMD: commands submitted, refusals told; True when it asks for a rebirth."""
+        if isinstance(raw, int):
+            self.counters["ncmd_too_large"] += 1
+            self._refused(None, f"an NCMD of {raw} bytes is over this node's limit of {NCMD_MAX_BYTES}; "
+                                "not read")
+            return False
         try:
             payload = schema.Payload.FromString(raw)
         except Exception as exc:   # noqa: BLE001 - protobuf's DecodeError and friends
             self.counters["ncmd_invalid"] += 1
             if self._log.hit() is not None:
                 log.warning("sparkplug: ignored an NCMD that is not a Sparkplug B payload (%s)", exc)
-            return
+            self._refused(None, f"an NCMD that is not a Sparkplug B payload ({_short(str(exc))}); not read")
+            return False
         cat = self.catalogue
+        rebirth = False
         for m in payload.metrics:
             d = cat.by_alias.get(m.alias) if m.HasField("alias") else None
             name = d.name if d is not None else (m.name if m.HasField("name") else None)
+            if isinstance(name, bytes):   # protobuf hands back a name that is not UTF-8 as bytes
+                self._refused(None, f"NCMD metric name {_short(repr(name))} is not UTF-8")
+                continue
             value = schema.get_value(m)
             if name == REBIRTH:
                 if value is True:
                     self.counters["rebirths"] += 1
-                    log.info("sparkplug: rebirth requested by NCMD")
-                    # Sparkplug 3.0: stop data at once and send the birth again, same bdSeq.
-                    # Not born yet (waiting for the primary host): the birth comes when it may.
-                    if self._connected and self._born:
-                        self._birth()
+                    rebirth = True
                 continue
             action = self._command_action(name)
             if action is None:
                 self.counters["ncmd_unknown"] += 1
-                self._refused(None, f"NCMD metric {name or m.alias!r} is not writable on this node "
-                                    "(writable: Node Control/Rebirth"
-                                    + (", Commands/<action>" if cat.commands else "") + ")")
+                what = _short(repr(name or m.alias))
+                writable = "Node Control/Rebirth" + (", Commands/<action>" if cat.commands else "")
+                self._refused(None, f"NCMD metric {what} is not writable on this node (writable: {writable})")
                 continue
             if value is not True:
                 self._refused(action, f"NCMD {command_metric(action)} must be written true to act")
@@ -503,6 +575,7 @@ class SparkplugNode:
                     self._deliver)
                 continue
             self.link.submit_command(commands.Command(cmd_id, action, by), self._deliver)
+        return rebirth
 
     @staticmethod
     def _command_action(name: str | None) -> str | None:
@@ -513,6 +586,10 @@ class SparkplugNode:
         return None
 
     def _refused(self, action: str | None, reason: str) -> None:
+        """A refusal decided here (not by the command path): told to the host, at a bounded rate."""
+        if not self._refusal_limit.allow(time.monotonic()):
+            self.counters["refusals_untold"] += 1
+            return
         state = self._last.get("State")
         self._deliver(payloads.reply(None, False, reason, state, ts=self.clock(), action=action))
 
@@ -526,10 +603,9 @@ class SparkplugNode:
             body = self._replies.popleft()
             self._extra = {LAST_REPLY: payloads.dumps(body), LAST_ACCEPTED: bool(body.get("accepted")),
                            LAST_REASON: str(body.get("reason") or "")}
-            self._sample_now = True
-            if self._replies:
-                # Several replies in one pass: each is its own change, reported in order.
-                self._sample(force=True)
+            # Reported now, each in its own NDATA: left for a later sample, the next reply could
+            # overwrite it first and the host would never see it.
+            self._sample(force=True)
 
     def _sample(self, force: bool = False) -> None:
         mono = time.monotonic()
@@ -543,9 +619,11 @@ class SparkplugNode:
             return
         if snap is self._last_snap and not (force or self._sample_now):
             return
-        if snap is self._stale_snap and not force:
+        stale = snap is self._stale_snap
+        if stale and not force:
             return   # an event is newer than this snapshot: keep _sample_now, take the next one
-        self._sample_now = False
+        if not stale:
+            self._sample_now = False   # (a forced sample of a stale snapshot leaves it set)
         self._last_snap = snap
         values = self.catalogue.sample(snap, self.link._health(), self._extra)
         changes = self.catalogue.changes(values, self._last)
