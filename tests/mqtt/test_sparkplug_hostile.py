@@ -277,12 +277,12 @@ def test_ncmd_floods_do_not_hold_up_a_trip_and_commands_stay_rate_limited(rig):
     seen, exhausted, sent = threading.Event(), threading.Event(), [0]
 
     def flood():
-        """Pairs of NCMDs (a Rebirth request, an ack write): 1,000 pairs at once (past every queue's
-        bound), then 50 pairs every 50 ms until the host has seen the trip and at least 2,000 pairs
+        """Pairs of NCMDs (a Rebirth request, an ack write): 2,000 pairs at once (past every queue's
+        bound), then 50 pairs every 50 ms until the host has seen the trip and at least 2,500 pairs
         went out; at most FLOOD_MAX_PAIRS (then `exhausted`)."""
-        burst = 1000
+        burst = 2000
         while sent[0] < FLOOD_MAX_PAIRS:
-            if seen.is_set() and sent[0] >= 2000:
+            if seen.is_set() and sent[0] >= 2500:
                 return
             for _ in range(burst):
                 r.host.c.publish(T_NCMD, rebirth, qos=0)
@@ -297,7 +297,7 @@ def test_ncmd_floods_do_not_hold_up_a_trip_and_commands_stay_rate_limited(rig):
     scans_before = r.plant.loop.scans
     flooder = threading.Thread(target=flood, daemon=True)
     flooder.start()
-    wait_for(lambda: sent[0] >= 1200, what="the flood under way")
+    wait_for(lambda: sent[0] >= 2000, what="the flood under way")
     scans_at_trip = r.plant.loop.scans
     r.plant.event("estop")
 
@@ -396,10 +396,16 @@ def test_one_ncmd_with_thousands_of_metrics_is_not_amplified(rig):
     assert len(many_acks) < NCMD_LIMIT, "the test's NCMD must be one the node reads"
     r.ncmd(many_acks)
     probe(2)
+    # A JSON command after them: the core takes commands in order and the event log keeps it, so once
+    # its record is on the events topic, so is every Sparkplug ack that got to the core before it.
+    sentinel = r.json_command("ack", by="sentinel")
+    wait_for(lambda: [e for e in r.events() if e.get("type") == "command" and e.get("id") == sentinel["id"]],
+             what="the JSON command's audit record")
     elapsed = time.monotonic() - t0 + 1.0
     rate = r.config.mqtt.command_rate_per_s
-    core = wait_for(lambda: [e for e in command_records(r.events(), "core") if e.get("action") == "ack"],
-                    what="the acks that passed the rate limit")
+    core = [e for e in command_records(r.events(), "core") if e.get("action") == "ack"]
+    if not core:
+        problems.append("no ack of the NCMD reached the core: the writes were not read")
     if len(core) > max(1.0, rate) + rate * elapsed:
         problems.append(f"{len(core)} acks from one NCMD reached the core at {rate}/s")
     problems += seq_problems(node_raw(r.witness))[:10]
@@ -760,6 +766,14 @@ def test_a_flapping_primary_host_neither_storms_nor_loses_held_data(rig):
     r.check_json_link()
 
 
+class SlowLog(logging.Handler):
+    """A log sink that takes its time: 50 ms a line, under the handler's lock, for every thread
+    (journald or syslog on a busy SD card)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        time.sleep(0.05)
+
+
 class SlowLine(logging.Filter):
     """The line the node's worker logs as it ends a session takes 0.2 s to get out (a slow sink: journald
     or syslog on a busy SD card). A filter on the logger, so no handler lock is held meanwhile and the
@@ -842,26 +856,21 @@ def test_a_flapping_host_with_a_slow_disk_and_log_does_not_start_a_reconnect_sto
         return write(*args, **kwargs)
 
     monkeypatch.setattr(bdseq_module, "atomic_write", slow_write)
-    slow = SlowLine()
+    slow = SlowLog(logging.INFO)
     logger = logging.getLogger("crushcell.sparkplug")
-    logger.addFilter(slow)
+    logger.addHandler(slow)
     try:
         r = rig(primary_host_id=HOST)
         ts = host_state(r.host, HOST, True)
         r.wait_count("NBIRTH", 1)
         offline_sent = 0
-        for _round in range(3):
-            # From a session: offline; 0.1 s later (while the node is ending that session) online,
-            # offline, online again. Pacing only: the checks below hold whenever they arrive.
+        for _ in range(8):
             ts += 1
             host_state(r.host, HOST, False, ts)
-            time.sleep(0.1)
-            for online in (True, False, True):
-                ts += 1
-                host_state(r.host, HOST, online, ts)
-            offline_sent += 2
-            wait_for(lambda: r.node.stats()["born"] and r.node.stats()["host_online"],
-                     what="the node born again")
+            ts += 1
+            host_state(r.host, HOST, True, ts)
+            offline_sent += 1
+        wait_for(lambda: r.node.stats()["born"] and r.node.stats()["host_online"], what="the node born again")
         time.sleep(WINDOW_S)
         settled = (r.connects(), r.count("NDEATH"), r.count("NBIRTH"))
         time.sleep(2 * WINDOW_S)
@@ -876,11 +885,8 @@ def test_a_flapping_host_with_a_slow_disk_and_log_does_not_start_a_reconnect_sto
                 born.append(bdseq(msg))
             elif msg["verb"] == "NDEATH":
                 b = bdseq(msg)
-                # A session can end before the host saw its NBIRTH (the host went offline again
-                # within the birth's milliseconds): its NDEATH then matches no birth the host
-                # holds, and Sparkplug 3.0 hosts ignore it (the bdSeq exists for exactly that).
-                # What must never happen: one session's death told twice.
-                if b in dead:
+                # Every NDEATH carries the bdSeq of an NBIRTH (no session ends unborn), once.
+                if b not in born or b in dead:
                     problems.append(f"NDEATH bdSeq {b} (NBIRTHs {born}, NDEATHs before {dead})")
                 dead.append(b)
         assert not problems, problems
@@ -889,4 +895,4 @@ def test_a_flapping_host_with_a_slow_disk_and_log_does_not_start_a_reconnect_sto
         wait_for(lambda: not stray_clients(r.node.client_id), timeout=10,
                  what="every paho client of the node stopped with the plant")
     finally:
-        logger.removeFilter(slow)
+        logger.removeHandler(slow)
